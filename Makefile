@@ -1,0 +1,72 @@
+# The course's commands. `make run` and `make test` create .venv on first use; see README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU build of torch, installed first where there is no GPU so that the stack does not pull a CUDA build.
+# Elsewhere than this course's CI machines, point TORCH_INDEX at https://download.pytorch.org/whl/cpu for it.
+TORCH_CPU := torch==2.13.0
+TORCH_INDEX ?=
+# Smoke mode, offline, and any download attempt fails at once (a closed local port as proxy) instead of hanging.
+# MPLBACKEND is unset so that ipykernel installs its inline backend and the executed notebooks keep their plots.
+TEST_ENV := env -u MPLBACKEND COURSE_SMOKE=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+	HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 http_proxy=http://127.0.0.1:9 \
+	https_proxy=http://127.0.0.1:9 NO_PROXY=127.0.0.1,localhost no_proxy=127.0.0.1,localhost \
+	TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0
+CHAPTERS := $(wildcard [0-9][0-9]-*/)
+
+.PHONY: setup run test unit notebooks lint strip sync lab bench clean help
+
+help:
+	@echo "make run    execute every notebook into build/ (smoke mode without a GPU and the Hub; FULL=1 for real models)"
+	@echo "make test   lint, unit tests and every notebook in smoke mode, offline"
+	@echo "make lab    JupyterLab on 127.0.0.1:8888;  make bench  benchmarks;  make strip  clean notebook outputs"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed, found " + sys.version)'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): install python3-venv"; exit 1; }
+	$(PY) -m pip install -q --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then \
+		echo "GPU found: torch comes from requirements.txt (CUDA build)"; \
+	else \
+		echo "no GPU: installing the CPU build $(TORCH_CPU) first"; \
+		$(PY) -m pip install -q $(TORCH_CPU) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) \
+			|| { echo "could not install $(TORCH_CPU)"; exit 1; }; \
+	fi
+	$(PY) -m pip install -q -r requirements-dev.txt || { echo "pip could not install the pinned stack (see above)"; exit 1; }
+	@touch $(STAMP)
+
+run: $(STAMP)
+	env -u MPLBACKEND $(if $(FULL),COURSE_SMOKE=0) $(PY) -m utils.run_notebooks $(if $(FULL),--full)
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m utils.nbtools check
+	$(TEST_ENV) $(PY) -m pytest tests $(CHAPTERS) --nbmake --nbmake-timeout=900 --timeout=900 --durations=15
+
+unit: $(STAMP)
+	$(TEST_ENV) $(PY) -m pytest tests
+
+notebooks: $(STAMP)
+	$(TEST_ENV) $(PY) -m pytest $(CHAPTERS) --nbmake --nbmake-timeout=900 --durations=0
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+strip: $(STAMP)
+	$(PY) -m utils.nbtools strip
+
+sync: $(STAMP)
+	$(PY) -m utils.nbtools sync
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.open_browser=False
+
+bench: $(STAMP)
+	$(TEST_ENV) $(PY) -m bench.run
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

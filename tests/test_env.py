@@ -1,0 +1,73 @@
+"""Device and dtype choice, seeding, the environment summary, peak memory."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from utils import env
+
+
+@pytest.mark.parametrize(
+    ("device", "capability", "expected"),
+    [("cpu", None, torch.float32), ("cuda", (7, 5), torch.float16), ("cuda", (7, 0), torch.float16),
+     ("cuda", (8, 0), torch.bfloat16), ("cuda", (9, 0), torch.bfloat16)],
+)
+def test_dtype_follows_the_device(device: str, capability, expected) -> None:
+    assert env.pick_dtype(device, capability=capability) is expected
+
+
+def test_device_is_cpu_without_cuda() -> None:
+    assert env.pick_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_seeding_repeats_random_numbers() -> None:
+    env.seed_everything(7)
+    first = torch.rand(3)
+    env.seed_everything(7)
+    assert torch.equal(first, torch.rand(3))
+    env.seed_everything(8)
+    assert not torch.equal(first, torch.rand(3))
+
+
+def test_pins_are_read_and_mismatches_reported(tmp_path) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("# the stack\ntorch>=2.6,<2.16\npytest==0.0.1  # wrong on purpose\nNot_A-Package==1.0\n")
+    pins = env.pinned_versions(requirements)
+    assert pins == {"pytest": "0.0.1", "not-a-package": "1.0"}
+    mismatches = env.version_mismatches(pins)
+    assert mismatches["not-a-package"] == (None, "1.0")
+    assert mismatches["pytest"][1] == "0.0.1" and mismatches["pytest"][0] != "0.0.1"
+
+
+def test_the_installed_stack_matches_the_pins() -> None:
+    assert env.version_mismatches(env.pinned_versions()) == {}
+
+
+def test_environment_summary_names_what_a_learner_needs() -> None:
+    summary = env.environment_summary()
+    for key in ("python", "torch", "cuda", "gpu", "compute capability", "gpu memory (GiB)", "bitsandbytes backend",
+                "compute dtype", "version mismatches"):
+        assert key in summary
+    assert summary["compute dtype"] == ("float32" if not torch.cuda.is_available() else summary["compute dtype"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no mismatch here, so no warning
+        env.print_environment()
+
+
+def test_peak_memory_sees_a_large_allocation_on_cpu() -> None:
+    with env.peak_memory("cpu") as small:
+        torch.zeros(1000)
+    with env.peak_memory("cpu") as big:
+        x = torch.ones(64, 1024, 1024)  # 256 MiB, touched so it is resident
+        del x
+    assert big.added_bytes > 200 * 2**20
+    assert small.added_bytes < 50 * 2**20
+    assert big.peak_gib == big.peak_bytes / 2**30
+
+
+def test_key_figure_prints_the_collected_form(capsys) -> None:
+    env.key_figure("accuracy", 0.75)
+    assert capsys.readouterr().out == "Key figure: accuracy = 0.75\n"

@@ -1,0 +1,157 @@
+"""Notebook plumbing: the generated Colab badge and setup cells, new notebooks, stripping outputs.
+
+`python -m utils.nbtools sync` rewrites every notebook's badge and setup cell from `utils.paths.REPO_URL`
+(the one place the repository URL is defined); `python -m utils.nbtools strip` removes outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import nbformat
+
+from utils.paths import REPO_SLUG, REPO_URL, ROOT
+
+COLAB_DIR = "/content/peft-course"
+BADGE_TAG = "colab-badge"
+SETUP_TAG = "setup"
+PARAMETERS_TAG = "parameters"
+
+
+def notebooks(root: Path = ROOT) -> list[Path]:
+    """Every chapter notebook (`NN-*/*.ipynb`), in chapter and file order: new ones are found automatically."""
+    return sorted(p for p in root.glob("[0-9][0-9]-*/*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+def badge_source(path: Path) -> str:
+    """The "Open in Colab" badge for the notebook at `path`."""
+    rel = path.resolve().relative_to(ROOT).as_posix()
+    url = f"https://colab.research.google.com/github/{REPO_SLUG}/blob/main/{rel}"
+    return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
+
+
+def setup_source() -> str:
+    """The setup cell: on Colab, clone the course and install its pinned stack (keeping Colab's torch)."""
+    return (
+        "# Setup. On Colab: fetch the course and install its pinned stack (Colab's own torch satisfies the pin and is kept).\n"
+        "# Elsewhere `make setup` has installed everything; this only makes the course's `utils` importable.\n"
+        "import sys\n"
+        "from pathlib import Path\n"
+        "\n"
+        f'if "google.colab" in sys.modules and not Path("{COLAB_DIR}").exists():\n'
+        f"    !git clone --depth 1 {REPO_URL} {COLAB_DIR}\n"
+        f"    %pip install -q -r {COLAB_DIR}/requirements.txt\n"
+        f'ROOT = Path("{COLAB_DIR}") if "google.colab" in sys.modules else next(\n'
+        '    p for p in (Path.cwd(), *Path.cwd().parents) if (p / "utils" / "paths.py").is_file()\n'
+        ")\n"
+        "sys.path.insert(0, str(ROOT))"
+    )
+
+
+def _tagged(cell, tag: str) -> bool:
+    return tag in cell.get("metadata", {}).get("tags", [])
+
+
+def make_notebook(path: Path, cells: Sequence[tuple[str, str] | tuple[str, str, list[str]]]) -> Path:
+    """Write a new notebook: `cells` is [(kind, source[, tags])] with kind "md" or "code"; the first must be the
+    markdown title. The badge and setup cells are inserted after it. Returns the path."""
+    path = Path(path)
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    }
+    made = []
+    for kind, source, *rest in cells:
+        tags = rest[0] if rest else []
+        cell = nbformat.v4.new_markdown_cell(source) if kind == "md" else nbformat.v4.new_code_cell(source)
+        if tags:
+            cell.metadata["tags"] = list(tags)
+        made.append(cell)
+    if not made or made[0].cell_type != "markdown":
+        raise ValueError("the first cell must be the markdown title")
+    badge = nbformat.v4.new_markdown_cell(badge_source(path), metadata={"tags": [BADGE_TAG]})
+    setup = nbformat.v4.new_code_cell(setup_source(), metadata={"tags": [SETUP_TAG]})
+    nb.cells = [made[0], badge, setup, *made[1:]]
+    _write(nb, path)
+    return path
+
+
+def _write(nb, path: Path) -> None:
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i:02d}"  # stable ids: clean diffs
+    nbformat.write(nb, str(path))
+
+
+def sync(path: Path) -> bool:
+    """Regenerate the badge and setup cells of one notebook; return True if anything changed."""
+    nb = nbformat.read(str(path), as_version=4)
+    changed = False
+    for cell in nb.cells:
+        want = badge_source(path) if _tagged(cell, BADGE_TAG) else setup_source() if _tagged(cell, SETUP_TAG) else None
+        if want is not None and cell.source != want:
+            cell.source, changed = want, True
+    if changed:
+        _write(nb, path)
+    return changed
+
+
+def strip(path: Path) -> bool:
+    """Remove outputs, execution counts and widget state from one notebook; return True if anything changed."""
+    nb = nbformat.read(str(path), as_version=4)
+    changed = "widgets" in nb.metadata
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            changed |= bool(cell.outputs) or cell.execution_count is not None
+            cell.outputs, cell.execution_count = [], None
+        for key in ("execution", "collapsed", "scrolled"):
+            changed |= cell.metadata.pop(key, None) is not None
+    if changed:
+        _write(nb, path)
+    return changed
+
+
+def check(path: Path) -> list[str]:
+    """What is wrong with a committed notebook: outputs, execution counts, widget state, stale generated cells."""
+    nb = nbformat.read(str(path), as_version=4)
+    problems = ["metadata.widgets present"] if "widgets" in nb.metadata else []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None):
+            problems.append(f"cell {i} has outputs or an execution count")
+    tags = [tag for cell in nb.cells for tag in cell.get("metadata", {}).get("tags", [])]
+    for tag in (BADGE_TAG, SETUP_TAG, PARAMETERS_TAG):
+        if tags.count(tag) != 1:
+            problems.append(f"{tags.count(tag)} cells tagged {tag!r}, expected exactly 1")
+    for cell in nb.cells:
+        want = badge_source(path) if _tagged(cell, BADGE_TAG) else setup_source() if _tagged(cell, SETUP_TAG) else None
+        if want is not None and cell.source != want:
+            problems.append(f"the {cell.metadata['tags'][0]!r} cell differs from the generated one")
+    return problems
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("command", choices=["sync", "strip", "check", "list"])
+    parser.add_argument("paths", nargs="*", type=Path)
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    paths = args.paths or notebooks()
+    if args.command == "check":
+        problems = [f"{p.relative_to(ROOT)}: {problem}" for p in paths for problem in check(p)]
+        print("\n".join(problems) or f"{len(paths)} notebooks clean and in sync")
+        if problems:
+            print("fix with `make strip` (outputs) and `make sync` (badge and setup cells)")
+        return 1 if problems else 0
+    for path in paths:
+        if args.command == "list":
+            print(path.relative_to(ROOT))
+        elif (sync if args.command == "sync" else strip)(path):
+            print(f"{args.command}: {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

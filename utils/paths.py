@@ -1,0 +1,21 @@
+"""Where things live: the repository root, the cache of built checkpoints and downloads, build outputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT: Path = Path(__file__).resolve().parent.parent
+FIXTURES_DIR: Path = ROOT / "data" / "fixtures"
+BUILD_DIR: Path = ROOT / "build"
+
+#: The repository learners clone (the Colab badge and setup cell are generated from this one definition).
+REPO_SLUG: str = "peft-course/peft-course"
+REPO_URL: str = f"https://github.com/{REPO_SLUG}"
+
+
+def cache_dir() -> Path:
+    """The course's cache folder (tiny checkpoints, downloads); `COURSE_CACHE_DIR` overrides `ROOT/.cache`."""
+    path = Path(os.environ.get("COURSE_CACHE_DIR", ROOT / ".cache"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
