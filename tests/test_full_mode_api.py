@@ -1,0 +1,174 @@
+"""Full mode cannot rot unseen: what the notebooks pass to library calls is accepted by the installed versions,
+and the real models they name in their parameters cells have the modules they target.
+
+Full mode cannot run here (no GPU, no Hub), but the calls it makes can be checked: every keyword argument given to
+a library callable is looked up in that callable's signature (or, for `**kwargs` catch-alls such as
+`from_pretrained` and `generate`, in the names the library's source reads from them).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from utils import nbtools
+from utils.paths import ROOT
+from utils.real_models import REAL_CONFIGS, meta_model
+
+MAGIC = re.compile(r"^([ \t]*)[!%].*$", re.MULTILINE)
+LIBRARIES = ("transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "torch", "huggingface_hub")
+SOURCES = nbtools.notebooks() + sorted(ROOT.glob("[0-9][0-9]-*/*.py"))
+
+
+def cells(path: Path) -> list[str]:
+    if path.suffix == ".py":
+        return [path.read_text(encoding="utf-8")]
+    import nbformat
+
+    return [c.source for c in nbformat.read(str(path), as_version=4).cells if c.cell_type == "code"]
+
+
+def trees(path: Path) -> list[ast.Module]:
+    return [ast.parse(MAGIC.sub(r"\1pass", source)) for source in cells(path)]
+
+
+def imported_names(path: Path) -> dict[str, object]:
+    """Names a notebook imports from the libraries, resolved to the objects."""
+    names: dict[str, object] = {}
+    for tree in trees(path):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in LIBRARIES:
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if hasattr(module, alias.name):
+                        names[alias.asname or alias.name] = getattr(module, alias.name)
+    return names
+
+
+@functools.cache
+def _popped(function) -> frozenset[str]:
+    """Keyword names a function reads out of its **kwargs (kwargs.pop("x") / kwargs.get("x"))."""
+    try:
+        source = inspect.getsource(function)
+    except (OSError, TypeError):
+        return frozenset()
+    return frozenset(re.findall(r"kwargs\.(?:pop|get)\(\s*[\"'](\w+)[\"']", source))
+
+
+@functools.cache
+def accepted(callable_) -> frozenset[str] | None:
+    """The keyword arguments `callable_` accepts, or None where that cannot be known (accept everything)."""
+    from transformers import GenerationConfig, PretrainedConfig, PreTrainedModel
+
+    target = callable_.__init__ if inspect.isclass(callable_) else callable_
+    try:
+        signature = inspect.signature(callable_)
+    except (TypeError, ValueError):
+        return None
+    names = {p.name for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD}
+    if not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
+        return frozenset(names)
+    if inspect.isclass(callable_) and dataclasses.is_dataclass(callable_):
+        return frozenset(names | {f.name for f in dataclasses.fields(callable_)})
+    name = getattr(callable_, "__name__", "")
+    if name == "from_pretrained":
+        # what the loading stack reads from **kwargs, plus config attributes it forwards (use_cache=..., ...)
+        names |= _popped(PreTrainedModel.from_pretrained) | _popped(target) | set(PretrainedConfig().to_dict())
+        return frozenset(names)
+    if name == "generate":
+        return frozenset(names | set(GenerationConfig().to_dict()) | {"input_ids", "attention_mask", "inputs"})
+    popped = _popped(target)
+    return frozenset(names | popped) if popped else None
+
+
+def calls_with_keywords(path: Path):
+    """(callable, keyword names, line) for each call a notebook makes to an imported library object."""
+    names = imported_names(path)
+    for tree in trees(path):
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or not node.keywords:
+                continue
+            func, obj = node.func, None
+            if isinstance(func, ast.Name) and func.id in names:
+                obj = names[func.id]
+            elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id in names:
+                obj = getattr(names[func.value.id], func.attr, None)
+            elif isinstance(func, ast.Attribute) and func.attr == "generate":
+                from transformers import GenerationMixin
+
+                obj = GenerationMixin.generate
+            if obj is not None and callable(obj):
+                yield obj, {k.arg for k in node.keywords if k.arg}, node.lineno
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=[str(p.relative_to(ROOT)) for p in SOURCES])
+def test_every_keyword_is_accepted_by_the_installed_library(path: Path) -> None:
+    problems, checked = [], 0
+    for obj, keywords, line in calls_with_keywords(path):
+        allowed = accepted(obj)
+        if allowed is None:
+            continue
+        checked += 1
+        for keyword in sorted(keywords - allowed):
+            problems.append(f"line {line}: {getattr(obj, '__qualname__', obj)}() does not accept {keyword}=")
+    assert not problems, "\n".join(problems)
+    assert checked > 0 or not any(True for _ in calls_with_keywords(path)), "no library call could be checked"
+
+
+def full_mode_models(path: Path) -> set[str]:
+    """The real model ids a notebook's parameters cell names for full mode (`... if SMOKE else "<id>"`)."""
+    found = set()
+    for source in cells(path):
+        for node in ast.walk(ast.parse(MAGIC.sub(r"\1pass", source))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in REAL_CONFIGS:
+                found.add(node.value)
+    return found
+
+
+def literal_target_modules(path: Path) -> set[str]:
+    """Every module name given literally as `target_modules=[...]` (or through a name bound to a list literal)."""
+    lists: dict[str, list[str]] = {}
+    found: set[str] = set()
+    for tree in trees(path):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.List | ast.Tuple):
+                values = [e.value for e in node.value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        lists[target.id] = values
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword) and node.arg == "target_modules":
+                value = node.value
+                if isinstance(value, ast.List | ast.Tuple):
+                    found |= {e.value for e in value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+                elif isinstance(value, ast.Name) and value.id in lists:
+                    found |= set(lists[value.id])
+    return found
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=[str(p.relative_to(ROOT)) for p in SOURCES])
+def test_lora_targets_exist_in_the_real_full_mode_model(path: Path) -> None:
+    models, targets = full_mode_models(path), literal_target_modules(path)
+    if not (models and targets):
+        pytest.skip(f"{path.name} names no real Hub model with literal LoRA targets")
+    leaves = set()
+    for model_id in models:
+        leaves |= {name.rsplit(".", 1)[-1] for name, _ in meta_model(model_id).named_modules()}
+    assert targets <= leaves, f"{sorted(targets - leaves)} are not modules of {sorted(models)}"
+
+
+def test_the_checker_catches_a_wrong_keyword(tmp_path) -> None:
+    """The checker itself can fail: a misspelt SFTConfig field and an old from_pretrained keyword are caught."""
+    source = tmp_path / "99-bad" / "bad.py"
+    source.parent.mkdir()
+    source.write_text("from trl import SFTConfig\nfrom peft import LoraConfig\n"
+                      "SFTConfig(max_seq_lenght=512)\nLoraConfig(r=8, lora_alpah=16)\n")
+    bad = [(getattr(o, "__name__", ""), k - accepted(o)) for o, k, _ in calls_with_keywords(source)]
+    assert ("SFTConfig", {"max_seq_lenght"}) in bad and ("LoraConfig", {"lora_alpah"}) in bad

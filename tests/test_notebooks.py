@@ -1,0 +1,135 @@
+"""Every committed notebook: clean, shaped by the course's conventions, and written out code identical to utils'."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import utils
+from utils import nbtools
+from utils.paths import ROOT
+
+NOTEBOOKS = nbtools.notebooks()
+IDS = [str(p.relative_to(ROOT)) for p in NOTEBOOKS]
+MAGIC = re.compile(r"^([ \t]*)[!%].*$", re.MULTILINE)
+
+
+def code_cells(path: Path) -> list[str]:
+    return [c.source for c in nbformat.read(str(path), as_version=4).cells if c.cell_type == "code"]
+
+
+def parse(source: str) -> ast.Module:
+    """Parse a cell, with IPython magics (`%pip`, `!git`) blanked out."""
+    return ast.parse(MAGIC.sub(r"\1pass", source))
+
+
+def top_level_defs(tree: ast.Module) -> dict[str, ast.AST]:
+    return {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef)}
+
+
+def test_notebooks_are_found() -> None:
+    assert len(NOTEBOOKS) >= 1
+    assert NOTEBOOKS[0].parent.name == "01-peft-setup"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_committed_clean_and_generated_cells_in_sync(path: Path) -> None:
+    assert nbtools.check(path) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_opens_with_title_badge_setup_environment_then_parameters(path: Path) -> None:
+    cells = nbformat.read(str(path), as_version=4).cells
+    assert cells[0].cell_type == "markdown" and cells[0].source.startswith("# ")
+    assert "colab-badge" in cells[1].metadata.get("tags", []) and "colab.research.google.com" in cells[1].source
+    assert "setup" in cells[2].metadata.get("tags", [])
+    position = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
+    assert position <= 8, "the parameters cell belongs near the top"
+    before = "\n".join(c.source for c in cells[:position] if c.cell_type == "code")
+    assert "print_environment()" in before, "an environment summary comes before the parameters"
+    assert "SMOKE = is_smoke()" in cells[position].source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_only_the_parameters_cell_branches_on_smoke_mode(path: Path) -> None:
+    cells = nbformat.read(str(path), as_version=4).cells
+    for i, cell in enumerate(cells):
+        if cell.cell_type == "code" and "parameters" not in cell.metadata.get("tags", []):
+            names = {n.id for n in ast.walk(parse(cell.source)) if isinstance(n, ast.Name)}
+            assert not names & {"SMOKE", "is_smoke"}, f"cell {i} branches on smoke mode: only the parameters cell may"
+            assert "COURSE_SMOKE" not in cell.source, f"cell {i} reads COURSE_SMOKE: only the parameters cell may"
+
+
+OLD_KEYWORDS = {"torch_dtype": "dtype", "evaluation_strategy": "eval_strategy", "max_seq_length": "max_length",
+                "trust_remote_code": "(nothing: the course never runs a repository's code)"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_reports_a_key_figure_and_uses_todays_safe_apis(path: Path) -> None:
+    source = "\n".join(code_cells(path))
+    assert "key_figure(" in source
+    assert not re.search(r"\bimport pickle\b|pickle\.load", source)
+    for cell in code_cells(path):
+        for node in ast.walk(parse(cell)):
+            if isinstance(node, ast.Name | ast.Attribute):
+                name = node.id if isinstance(node, ast.Name) else node.attr
+                assert name != "prepare_model_for_int8_training", "use prepare_model_for_kbit_training"
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            keywords = {k.arg for k in node.keywords}
+            for old, new in OLD_KEYWORDS.items():
+                assert old not in keywords, f"{func}({old}=...) is the old API: use {new}"
+            if func == "from_pretrained":
+                assert not keywords & {"load_in_8bit", "load_in_4bit"}, "use quantization_config=BitsAndBytesConfig(...)"
+            if func == "load" and "weights_only" in keywords:
+                continue
+            if func == "load" and isinstance(node.func, ast.Attribute) and getattr(node.func.value, "id", "") == "torch":
+                pytest.fail("torch.load without weights_only=True can run pickled code")
+
+
+def _utils_definitions() -> dict[str, tuple[str, ast.AST]]:
+    found = {}
+    for info in pkgutil.iter_modules(utils.__path__):
+        module = importlib.import_module(f"utils.{info.name}")
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        for name, node in top_level_defs(tree).items():
+            found[name] = (f"utils.{info.name}", node)
+    return found
+
+
+def _strip_docstring(node: ast.AST) -> str:
+    return ast.dump(node, include_attributes=False)
+
+
+def test_notebook_code_that_utils_also_holds_is_identical() -> None:
+    """Where a notebook writes out a function or class that utils holds too, they are one definition."""
+    in_utils = _utils_definitions()
+    for path in NOTEBOOKS:
+        for source in code_cells(path):
+            for name, node in top_level_defs(parse(source)).items():
+                if name in in_utils:
+                    module, reference = in_utils[name]
+                    assert _strip_docstring(node) == _strip_docstring(reference), (
+                        f"{path.name} defines {name} differently from {module}.{name}")
+
+
+def test_no_two_notebooks_define_the_same_name() -> None:
+    owners: dict[str, str] = {}
+    for path in NOTEBOOKS:
+        for source in code_cells(path):
+            for name in top_level_defs(parse(source)):
+                assert owners.setdefault(name, path.name) == path.name, (
+                    f"{name} is defined in {owners[name]} and {path.name}: define it once (utils/ if shared)")
+
+
+def test_every_chapter_has_a_readme() -> None:
+    chapters = ["01-peft-setup", "02-lora-gptj", "03-qlora-bloom", "04-instruction-gpt2", "05-lr-schedules"]
+    for chapter in chapters:
+        assert (ROOT / chapter / "README.md").is_file(), chapter
