@@ -102,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.pop("MPLBACKEND", None)  # ipykernel's inline backend keeps the plots in the executed copies
+    if not smoke and os.environ.get("HF_HUB_OFFLINE") != "1" and not hub_reachable():
+        print("full mode downloads the real models and datasets, but https://huggingface.co cannot be reached.\n"
+              "Run `make run` (smoke mode: tiny local models, no network), or connect and try again.", file=sys.stderr)
+        return 2
     paths = [p.resolve() for p in args.paths] or notebooks()
     if not paths:
         print("no notebooks found under NN-*/", file=sys.stderr)
