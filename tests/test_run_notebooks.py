@@ -27,6 +27,7 @@ def test_key_figures_are_collected_from_stream_outputs() -> None:
 
 def test_full_mode_without_hub_fails_with_a_clear_message(monkeypatch, capsys) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("COURSE_SMOKE", "1")  # main() sets it for its kernels: monkeypatch restores it afterwards
     monkeypatch.setattr(run_notebooks, "hub_reachable", lambda: False)
     assert run_notebooks.main(["--full"]) == 2
     assert "cannot be reached" in capsys.readouterr().err

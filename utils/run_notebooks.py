@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     smoke = choose_smoke(args.full)
     os.environ["COURSE_SMOKE"] = "1" if smoke else "0"  # the kernels inherit this environment
     if smoke:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: more threads only wait on each other
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.pop("MPLBACKEND", None)  # ipykernel's inline backend keeps the plots in the executed copies
