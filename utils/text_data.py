@@ -1,0 +1,64 @@
+"""Sliding-window next-token data from one long text (after rasbt/LLMs-from-scratch, chapter 2): `GPTDatasetV1`
+and `create_dataloader_v1`, used by chapter 05 to pre-train a small GPT on a short story.
+
+The source builds its tokenizer with tiktoken, which downloads its files at first use; here any tokenizer with an
+`encode(text)` method works: transformers' GPT-2 BPE (openai-community/gpt2) in full mode, the tiny local one in
+smoke mode.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+GPT2_TOKENIZER_ID = "openai-community/gpt2"
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of a whole text, without the "longer than the model's maximum length" warning: the windows cut
+    it to the model's context afterwards."""
+    try:
+        return list(tokenizer.encode(text, verbose=False))  # transformers' tokenizers
+    except TypeError:  # tokenizers without the `verbose` keyword (tiktoken, test doubles)
+        return list(tokenizer.encode(text))
+
+
+class GPTDatasetV1(Dataset):
+    """Every window of `max_length` tokens, `stride` tokens apart; the target is the input shifted by one token."""
+
+    def __init__(self, txt: str, tokenizer, max_length: int, stride: int):
+        if max_length < 1 or stride < 1:
+            raise ValueError(f"max_length ({max_length}) and stride ({stride}) must be positive")
+        token_ids = encode_text(tokenizer, txt)
+        if len(token_ids) <= max_length:
+            raise ValueError(f"the text has {len(token_ids)} tokens: a window of max_length={max_length} needs at "
+                             f"least {max_length + 1} (inputs plus the next token); use a longer text or a smaller "
+                             "max_length")
+        self.input_ids = []
+        self.target_ids = []
+        for i in range(0, len(token_ids) - max_length, stride):
+            self.input_ids.append(torch.tensor(token_ids[i:i + max_length]))
+            self.target_ids.append(torch.tensor(token_ids[i + 1:i + max_length + 1]))
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.input_ids[idx], self.target_ids[idx]
+
+
+def create_dataloader_v1(txt: str, batch_size: int = 4, max_length: int = 256, stride: int = 128,
+                         shuffle: bool = True, drop_last: bool = True, num_workers: int = 0, *,
+                         tokenizer=None) -> DataLoader:
+    """A DataLoader of (inputs, targets) windows over `txt`; `tokenizer` defaults to GPT-2's BPE from the Hub."""
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(GPT2_TOKENIZER_ID)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    dataset = GPTDatasetV1(txt, tokenizer, max_length, stride)
+    if drop_last and len(dataset) < batch_size:
+        raise ValueError(f"only {len(dataset)} windows of {max_length} tokens, fewer than batch_size={batch_size} "
+                         "with drop_last=True: the loader would be empty; lower batch_size or max_length")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers)
