@@ -1,0 +1,227 @@
+"""SQuAD v2 for chapter 02: flat records, the instruction prompt, tokenization with the loss on the answer only,
+padding to the longest in a batch, and the official SQuAD v2 metric (exact match and F1, HasAns / NoAns).
+
+Chapter 02's notebook writes the data functions out (a test proves the two copies identical); the metric is
+plumbing that the notebook imports, tested on hand-worked cases in tests/test_ch02_squad_metric.py.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import string
+from pathlib import Path
+
+from utils.errors import CourseError
+
+INSTRUCTION = "Read the context and question to find the correct answer."
+NO_ANSWER = "answers not in context"
+
+
+# ---------------------------------------------------------------- data: records, prompt, tokens, batches
+
+
+def flatten_squad(squad: dict) -> list[dict]:
+    """Official SQuAD v2 JSON ({"data": [article {"title", "paragraphs": [...]}]}) -> one flat record per question,
+    in the schema of the Hub's rajpurkar/squad_v2: id, title, context, question, answers {text, answer_start}.
+    Every paragraph of every article is read (the source material read only `paragraphs[0]`)."""
+    records = []
+    for article in squad["data"]:
+        for paragraph in article["paragraphs"]:
+            for qa in paragraph["qas"]:
+                answers = [] if qa.get("is_impossible", False) else qa["answers"]
+                records.append({
+                    "id": qa["id"],
+                    "title": article["title"],
+                    "context": paragraph["context"],
+                    "question": qa["question"],
+                    "answers": {"text": [a["text"] for a in answers],
+                                "answer_start": [a["answer_start"] for a in answers]},
+                })
+    return records
+
+
+def load_squad(source: str | os.PathLike, split: str, n: int | None = None, seed: int = 0) -> list[dict]:
+    """`n` shuffled records of one split: from the Hub (`source` a dataset id such as "rajpurkar/squad_v2")
+    or from a local file in the official JSON layout (`source` a path; `split` is then only a label)."""
+    import json
+
+    from datasets import Dataset, load_dataset
+
+    if Path(source).is_file():
+        dataset = Dataset.from_list(flatten_squad(json.loads(Path(source).read_text(encoding="utf-8"))))
+    else:
+        dataset = load_dataset(str(source), split=split)
+    dataset = dataset.shuffle(seed=seed)
+    if n is not None:
+        dataset = dataset.select(range(min(n, len(dataset))))
+    return dataset.to_list()
+
+
+def prompt_parts(record: dict) -> tuple[str, str, str]:
+    """The prompt as (head, context, tail); head + context + tail ends with "answer:". Kept apart so that a
+    prompt too long for the model can lose context tokens, never the instruction or the question."""
+    head = f"{INSTRUCTION}\ncontext:\n"
+    tail = f"\nquestion: {record['question']}\nanswer:"
+    return head, record["context"], tail
+
+
+def target_text(record: dict) -> str:
+    """What the model learns to write after "answer:": the first gold answer, or NO_ANSWER when there is none."""
+    texts = record["answers"]["text"]
+    return " " + (texts[0] if texts else NO_ANSWER)
+
+
+def check_record(record: dict) -> None:
+    """Raise CourseError, naming the record, for an empty context or an answer_start that does not point at its text."""
+    rid = record.get("id", "?")
+    if not record["context"].strip():
+        raise CourseError(f"record {rid}: field 'context' is empty; there is nothing to read the answer from")
+    if not record["question"].strip():
+        raise CourseError(f"record {rid}: field 'question' is empty")
+    answers = record["answers"]
+    for i, (text, start) in enumerate(zip(answers["text"], answers["answer_start"], strict=True)):
+        found = record["context"][start:start + len(text)]
+        if found != text:
+            raise CourseError(f"record {rid}: answers.answer_start[{i}]={start} does not point at answers.text[{i}]="
+                              f"{text!r} (the context there reads {found!r}); fix the offset or drop the record")
+
+
+def context_window(offsets: list[tuple[int, int]], room: int, answer_span: tuple[int, int] | None) -> int:
+    """The first context token to keep when only `room` of the context's tokens fit: 0 (cut from the end) when there
+    is no answer to keep, else the start of a window of `room` tokens centred on the answer's characters."""
+    if len(offsets) <= room or answer_span is None:
+        return 0
+    a0, a1 = answer_span
+    first = next(i for i, (_, end) in enumerate(offsets) if end > a0)
+    last = max(i for i, (begin, _) in enumerate(offsets) if begin < a1)
+    if last - first + 1 > room:
+        raise CourseError(f"the answer alone needs {last - first + 1} context tokens but only {room} fit")
+    return min(max(0, (first + last + 1 - room) // 2), len(offsets) - room)
+
+
+def encode_example(record: dict, tokenizer, max_length: int, with_answer: bool = True) -> dict:
+    """Token ids of one prompt (and, with_answer, its answer + end-of-text) in at most `max_length` tokens.
+
+    labels are -100 on the prompt (no loss there) and the token ids on the answer and end-of-text. When the prompt
+    is too long only the context is cut: around the answer when training on one, else from the end."""
+    check_record(record)
+    head, context, tail = prompt_parts(record)
+    head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    tail_ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+    answer_ids = []
+    if with_answer:
+        answer_ids = tokenizer(target_text(record), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    encoded = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
+    room = max_length - len(head_ids) - len(tail_ids) - len(answer_ids)
+    if room < 1:
+        raise CourseError(f"record {record['id']}: instruction, question and answer alone take {max_length - room} "
+                          f"tokens, more than max_length={max_length}; shorten the question or raise max_length")
+    answers = record["answers"]
+    span = (answers["answer_start"][0], answers["answer_start"][0] + len(answers["text"][0])) if answer_ids and answers["text"] else None
+    try:
+        start = context_window(encoded["offset_mapping"], room, span)
+    except CourseError as exc:
+        raise CourseError(f"record {record['id']}: {exc} in max_length={max_length}; raise max_length") from None
+    kept = encoded["input_ids"][start:start + room]
+    input_ids = head_ids + kept + tail_ids + answer_ids
+    labels = [-100] * (len(input_ids) - len(answer_ids)) + answer_ids
+    return {"id": record["id"], "input_ids": input_ids, "labels": labels,
+            "context_tokens_cut": len(encoded["input_ids"]) - len(kept)}
+
+
+def encode_records(records: list[dict], tokenizer, max_length: int, with_answer: bool = True,
+                   max_skip_fraction: float = 0.01) -> tuple[list[dict], list[str]]:
+    """Encode every record; a bad one is skipped and its message (naming the record) kept, so the caller can print
+    the count. More than `max_skip_fraction` bad records means the data, not a record, is wrong: that fails."""
+    encoded, skipped = [], []
+    for record in records:
+        try:
+            encoded.append(encode_example(record, tokenizer, max_length, with_answer))
+        except CourseError as exc:
+            skipped.append(str(exc))
+    if len(skipped) > max_skip_fraction * len(records):
+        raise CourseError(f"{len(skipped)} of {len(records)} records are unusable (more than {max_skip_fraction:.0%}), "
+                          f"first: {skipped[0]}")
+    return encoded, skipped
+
+
+def collate_squad_batch(batch: list[dict], pad_token_id: int) -> dict:
+    """Pad a batch to its longest example (right padding): pad ids in input_ids, 0 in attention_mask, -100 in labels."""
+    import torch
+
+    longest = max(len(example["input_ids"]) for example in batch)
+    input_ids = torch.full((len(batch), longest), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(batch), longest), -100, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    for row, example in enumerate(batch):
+        n = len(example["input_ids"])
+        input_ids[row, :n] = torch.tensor(example["input_ids"])
+        labels[row, :n] = torch.tensor(example["labels"])
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+# ---------------------------------------------------------------- the official SQuAD v2 metric
+
+
+def normalize_answer(text: str) -> str:
+    """The official SQuAD normalisation: lower case, no punctuation, no articles (a, an, the), single spaces."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _gold_list(gold_answers: list[str]) -> list[str]:
+    """The official script's gold list: answers that normalise to nothing are dropped; none left means "no answer" ("")."""
+    return [a for a in gold_answers if normalize_answer(a)] or [""]
+
+
+def _f1_one(prediction: str, gold: str) -> float:
+    pred_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not pred_tokens or not gold_tokens:
+        return float(pred_tokens == gold_tokens)  # "no answer" is right only when both are empty
+    common = sum((collections.Counter(pred_tokens) & collections.Counter(gold_tokens)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred_tokens), common / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(prediction: str, gold_answers: list[str]) -> float:
+    """1.0 when the normalised prediction equals one normalised gold answer ("" against an empty gold list), else 0.0."""
+    return max(float(normalize_answer(prediction) == normalize_answer(gold)) for gold in _gold_list(gold_answers))
+
+
+def f1_score(prediction: str, gold_answers: list[str]) -> float:
+    """Token-overlap F1 of the normalised prediction, the best over the gold answers."""
+    return max(_f1_one(prediction, gold) for gold in _gold_list(gold_answers))
+
+
+def answer_from_generation(text: str) -> str:
+    """A generated continuation -> a SQuAD v2 prediction: its first line, and "" for the no-answer phrase."""
+    lines = text.strip().splitlines()
+    answer = lines[0].strip() if lines else ""
+    return "" if normalize_answer(answer) == normalize_answer(NO_ANSWER) else answer
+
+
+def squad_v2_scores(predictions: dict[str, str], records: list[dict]) -> dict[str, dict[str, float]]:
+    """Exact match and F1 in percent, overall and split into questions with an answer (HasAns) and without (NoAns).
+    `predictions` maps record id -> answer text ("" for no answer); a record without a prediction is an error."""
+    missing = [r["id"] for r in records if r["id"] not in predictions]
+    if missing:
+        raise CourseError(f"no prediction for {len(missing)} record(s), first: {missing[0]}")
+    groups: dict[str, list[tuple[float, float]]] = {"overall": [], "HasAns": [], "NoAns": []}
+    for record in records:
+        gold = record["answers"]["text"]
+        pair = (exact_match(predictions[record["id"]], gold), f1_score(predictions[record["id"]], gold))
+        groups["overall"].append(pair)
+        groups["HasAns" if _gold_list(gold) != [""] else "NoAns"].append(pair)
+    return {
+        name: {"exact": 100 * sum(e for e, _ in pairs) / len(pairs) if pairs else float("nan"),
+               "f1": 100 * sum(f for _, f in pairs) / len(pairs) if pairs else float("nan"),
+               "total": len(pairs)}
+        for name, pairs in groups.items()
+    }
