@@ -1,0 +1,142 @@
+"""QLoRA on BLOOM with trl's SFTTrainer, as a script that runs on one device or data-parallel on several.
+
+One GPU:        python 03-qlora-bloom/train_qlora.py --model bigscience/bloom-7b1 --output-dir build/qlora-bloom
+Several GPUs:   torchrun --nproc_per_node 2 03-qlora-bloom/train_qlora.py --model bigscience/bloom-7b1 ...
+            or  accelerate launch --config_file 03-qlora-bloom/accelerate_ddp.yaml 03-qlora-bloom/train_qlora.py ...
+CPU processes:  torchrun --nproc_per_node 2 03-qlora-bloom/train_qlora.py --model <tiny bloom> ... (gloo; the tests)
+
+Data parallel (DDP): every process loads the whole 4-bit model on its own device (device_map={"": local_rank}),
+trains on its own shard of each batch, and DDP averages the LoRA gradients, so all copies take the same step.
+Only the main process writes the adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from utils.env import pick_dtype, seed_everything  # noqa: E402
+from utils.quantization import check_target_modules, load_prompt_dataset, require_4bit_support  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="bigscience/bloom-7b1", help="Hub id or local folder of a BLOOM model")
+    parser.add_argument("--data", default="fka/awesome-chatgpt-prompts", help="Hub dataset id or a .csv/.json file")
+    parser.add_argument("--column", default="prompt", help="the column that holds the prompt text")
+    parser.add_argument("--limit", type=int, default=200, help="train on the first LIMIT records")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps")
+    parser.add_argument("--output-dir", required=True, type=Path, help="where the adapter (and checkpoints) go")
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--batch-size", type=int, default=4, help="per process")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--target-modules", nargs="+", default=["query_key_value"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--record", type=Path, help="write this process's rank, world size, losses and a checksum "
+                                                    "of its LoRA weights to RECORD/rank<R>.json (to check DDP)")
+    return parser.parse_args(argv)
+
+
+def lora_checksum(model) -> str:
+    """sha256 of the trainable (LoRA) weights: equal on every rank when DDP kept the copies in sync."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def recording_trainer_class():
+    """SFTTrainer that also keeps this process's own loss of every batch, before DDP averages across ranks."""
+    from trl import SFTTrainer
+
+    class RecordingSFTTrainer(SFTTrainer):
+        local_losses: list[float] = []
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+            self.local_losses.append(float((result[0] if return_outputs else result).detach()))
+            return result
+
+    return RecordingSFTTrainer
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from trl import SFTConfig, SFTTrainer
+
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
+    seed_everything(args.seed)
+    require_4bit_support(device)
+    dtype = pick_dtype(device)
+
+    bnb_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                    bnb_4bit_compute_dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, quantization_config=bnb_config, dtype=dtype,
+                                                 device_map={"": local_rank if on_gpu else "cpu"})
+    # Non-reentrant checkpointing: the reentrant kind clashes with DDP's gradient hooks.
+    model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+    check_target_modules(model, args.target_modules)
+    lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules=args.target_modules,
+                      task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    data = load_prompt_dataset(args.data, column=args.column, limit=args.limit)
+
+    config = SFTConfig(
+        output_dir=str(args.output_dir),
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        per_device_train_batch_size=args.batch_size,
+        max_length=args.max_length,
+        dataset_text_field="text",
+        fp16=dtype == torch.float16,
+        bf16=dtype == torch.bfloat16,
+        use_cpu=not on_gpu,
+        ddp_backend=None if on_gpu else "gloo",
+        ddp_find_unused_parameters=False,
+        activation_checkpointing=True,  # transformers 5's name for gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=args.seed,
+    )
+    trainer_class = recording_trainer_class() if args.record is not None else SFTTrainer
+    trainer = trainer_class(model=model, args=config, train_dataset=data, processing_class=tokenizer)
+    trainer.train()
+
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    if not all(math.isfinite(loss) for loss in losses):
+        raise RuntimeError(f"rank {trainer.args.process_index}: the loss is not finite: {losses}")
+    if args.record is not None:
+        args.record.mkdir(parents=True, exist_ok=True)
+        record = {"rank": trainer.args.process_index, "world_size": trainer.args.world_size,
+                  "local_rank": local_rank, "losses": losses, "global_step": trainer.state.global_step,
+                  "local_losses": trainer.local_losses,
+                  "lora_checksum": lora_checksum(trainer.model)}
+        (args.record / f"rank{trainer.args.process_index}.json").write_text(json.dumps(record, indent=2))
+    if trainer.is_world_process_zero():  # only the main process writes the adapter
+        trainer.model.save_pretrained(args.output_dir / "adapter")
+        tokenizer.save_pretrained(args.output_dir / "adapter")
+        print(f"adapter saved to {args.output_dir / 'adapter'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

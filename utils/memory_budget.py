@@ -1,0 +1,160 @@
+"""A memory budget for a (Q)LoRA fine-tune, predicted from the model's shapes before anything is loaded.
+
+Peak memory = frozen weights (quantized linears, their quantization constants, the unquantized rest: embeddings,
+norms, biases, lm_head) + trainable state (LoRA weights, gradients and AdamW's two moments, all fp32: 16 bytes
+per trainable parameter) + activations kept for the backward pass (with or without gradient checkpointing) +
+logits (batch x sequence x vocabulary, upcast to fp32 for the loss) + the CUDA context.
+
+It counts parameters on a model built on the meta device (`utils.real_models.meta_model`), so the budget of
+bigscience/bloom-7b1 costs no memory and no download. Every term is a formula written out below; chapter 03's
+tests check each against a hand calculation, and the weights against `get_memory_footprint()` of a model
+quantized for real.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GIB = 2**30
+#: The CUDA context plus cuBLAS workspaces and the caching allocator's slack: an estimate (typically 0.3-0.8 GiB).
+CUDA_CONTEXT_BYTES = GIB // 2
+#: Bytes per trainable parameter: fp32 weight (4) + fp32 gradient (4) + AdamW's two fp32 moments (4 + 4).
+TRAINABLE_BYTES_PER_PARAM = 16
+#: A free Colab T4: 15 GiB of its 16 GB is usable by PyTorch.
+T4_USABLE_BYTES = 15 * GIB
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """The parameters a budget needs, counted from a model's modules."""
+
+    quantized: int  # weights of the linears that bitsandbytes replaces (every nn.Linear but the output head)
+    quantized_rows: int  # their output features (LLM.int8 keeps one fp32 scale per row)
+    unquantized: int  # everything else: embeddings, norms, biases, an untied lm_head
+    lora: int  # A and B of every targeted linear at the budget's rank
+    layers: int
+    hidden: int
+    heads: int
+    vocab: int
+
+
+def budget_parameter_counts(model, target_modules=("query_key_value",), lora_r: int = 16) -> ParameterCounts:
+    """Count quantizable, unquantized and LoRA parameters of `model` (real or on the meta device).
+
+    bitsandbytes (through transformers) quantizes the weight of every `nn.Linear` except the output head;
+    biases stay in the compute dtype. Tied parameters (BLOOM's lm_head is its input embedding) count once.
+    """
+    import torch
+
+    head = model.get_output_embeddings()
+    quantized = rows = lora = 0
+    for name, module in model.named_modules():
+        is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
+        if not is_linear or module is head or ".lora_" in name:  # a peft model's own adapters are not frozen weights
+            continue
+        quantized += module.in_features * module.out_features
+        rows += module.out_features
+        parts = name.split(".")
+        if (parts[-2] if parts[-1] == "base_layer" and len(parts) > 1 else parts[-1]) in target_modules:  # peft wraps
+            lora += lora_r * (module.in_features + module.out_features)
+    total = sum(p.numel() for p in model.parameters())  # tied weights once
+    # A quantized Params4bit reports half its element count (two 4-bit values per byte): count real models' way.
+    for module in model.modules():
+        if type(module).__name__ == "Linear4bit":
+            total += module.in_features * module.out_features - module.weight.numel()
+    config = model.config
+    return ParameterCounts(
+        quantized=quantized,
+        quantized_rows=rows,
+        unquantized=total - quantized,
+        lora=lora,
+        layers=config.num_hidden_layers,
+        hidden=config.hidden_size,
+        heads=config.num_attention_heads,
+        vocab=config.vocab_size,
+    )
+
+
+def quantization_constant_bits(blocksize: int = 64, double_quant: bool = True, blocksize2: int = 256) -> float:
+    """Bits per parameter spent on the blockwise absmax constants.
+
+    One fp32 absmax per block of `blocksize` weights: 32 / 64 = 0.5 bits. Double quantization stores those
+    absmaxes in 8 bits, with one fp32 constant per `blocksize2` of them: 8 / 64 + 32 / (64 * 256) = 0.127 bits.
+    """
+    if double_quant:
+        return 8 / blocksize + 32 / (blocksize * blocksize2)
+    return 32 / blocksize
+
+
+@dataclass
+class MemoryBudget:
+    """The predicted peak memory of a fine-tuning recipe, term by term (bytes)."""
+
+    terms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total(self) -> float:
+        return sum(self.terms.values())
+
+    def table(self, unit: int = GIB):
+        """The terms and their total as a pandas Series in GiB (or another `unit`)."""
+        import pandas as pd
+
+        series = pd.Series({**self.terms, "total": self.total}, name="GiB") / unit
+        return series.round(3)
+
+
+def memory_budget(
+    model,
+    *,
+    weight_bits: int = 4,
+    double_quant: bool = True,
+    blocksize: int = 64,
+    unquantized_bytes: int = 2,
+    lora_r: int = 16,
+    target_modules=("query_key_value",),
+    batch_size: int = 1,
+    seq_len: int = 512,
+    gradient_checkpointing: bool = True,
+    activation_bytes: int = 2,
+    cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
+    trainable_bytes: int = TRAINABLE_BYTES_PER_PARAM,
+) -> MemoryBudget:
+    """Predict the peak memory of training `model` (built on the meta device, or loaded) with LoRA.
+
+    weight_bits: 4 (NF4, blockwise absmax constants), 8 (LLM.int8, one fp32 scale per row) or 16/32 (not
+    quantized) for the linears' weights; unquantized_bytes: bytes
+    per parameter of everything not quantized (2 for fp16/bf16, 4 for fp32); activation_bytes: bytes per
+    activation value (2 in fp16/bf16 autocast, 4 in fp32). Activations follow Korthikanti et al. (2022),
+    "Reducing Activation Recomputation in Large Transformer Models": s*b*h*(34 + 5*a*s/h) bytes per layer in
+    16-bit; with gradient checkpointing only each layer's input (s*b*h values) is kept, plus one layer's full
+    activations while it is recomputed. Logits: the lm_head output in the compute dtype, its fp32 upcast and the
+    fp32 log-softmax that cross-entropy keeps for backward. trainable_bytes: 16 for fp32 LoRA weights with fp32
+    gradients and AdamW moments (trl >= 1.x casts a quantized model's adapters to bf16, which makes it 8).
+    """
+    if weight_bits not in (4, 8, 16, 32):
+        raise ValueError(f"weight_bits={weight_bits}: use 4 (NF4), 8 (int8), 16 or 32 (not quantized)")
+    n = budget_parameter_counts(model, target_modules=target_modules, lora_r=lora_r)
+    s, b, h, a = seq_len, batch_size, n.hidden, n.heads
+    quantized = weight_bits < 16
+    if weight_bits == 4:
+        constants = n.quantized * quantization_constant_bits(blocksize, double_quant) / 8
+    elif weight_bits == 8:
+        constants = n.quantized_rows * 4
+    else:
+        constants = 0.0
+    full_layer = s * b * h * (34 + 5 * a * s / h) * activation_bytes / 2
+    if gradient_checkpointing:
+        activations = n.layers * s * b * h * activation_bytes + full_layer
+    else:
+        activations = n.layers * full_layer
+    terms = {
+        "quantized weights": n.quantized * weight_bits / 8 if quantized else 0.0,
+        "quantization constants": constants,
+        "unquantized weights": (n.unquantized + (0 if quantized else n.quantized)) * unquantized_bytes,
+        "LoRA weights + grads + AdamW": n.lora * trainable_bytes,
+        "activations": activations,
+        "logits": b * s * n.vocab * (activation_bytes + 4 + 4),
+        "CUDA context": cuda_context_bytes,
+    }
+    return MemoryBudget(terms)
