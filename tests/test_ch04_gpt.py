@@ -166,3 +166,22 @@ def test_resume_without_checkpoint_says_what_to_do(tmp_path):
     model, optimizer, train, val = _setup_run()
     with pytest.raises(CourseError, match="no complete checkpoint"):
         train_model(model, train, val, optimizer, "cpu", 1, 1, 1, checkpoint_dir=tmp_path / "none", resume=True)
+
+
+def test_layernorm_and_gelu_compute_the_written_formulas() -> None:
+    """The fused kernels GPTModel uses are the formulas the notebook explains."""
+    import math
+
+    from utils.gpt import GELU, LayerNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, 64) * 3
+    norm = LayerNorm(64)
+    with torch.no_grad():
+        norm.scale.normal_()
+        norm.shift.normal_()
+    mean, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True, unbiased=False)
+    expected = norm.scale * (x - mean) / torch.sqrt(var + 1e-5) + norm.shift
+    assert torch.allclose(norm(x), expected, atol=1e-5)
+    tanh_gelu = 0.5 * x * (1 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    assert torch.allclose(GELU()(x), tanh_gelu, atol=1e-5)

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from utils.paths import ROOT
 
@@ -62,7 +63,7 @@ def seed_everything(seed: int) -> None:
 def pinned_versions(requirements: str | os.PathLike = ROOT / "requirements.txt") -> dict[str, str]:
     """The exact pins (`name==version`) of the tested stack, by normalised package name."""
     pins: dict[str, str] = {}
-    for line in open(requirements, encoding="utf-8"):
+    for line in Path(requirements).read_text(encoding="utf-8").splitlines():
         match = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*==\s*([^\s;#]+)", line)
         if match:
             pins[_normalise(match.group(1))] = match.group(2)
