@@ -67,7 +67,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.open_browser=False
 
 bench: $(STAMP)
-	$(TEST_ENV) $(PY) -m bench.run
+	$(TEST_ENV) OMP_NUM_THREADS=$$(nproc) $(PY) -m bench.run  # benchmarks use every core
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

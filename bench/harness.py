@@ -64,7 +64,8 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5, dtype=None, device="cpu")
     b = torch.randn(n, n, dtype=dtype, device=device)
     from torch.utils import benchmark
 
-    timer = benchmark.Timer("a @ b", globals={"a": a, "b": b})
+    # Timer runs on one thread unless told otherwise: measure with the threads the models run with
+    timer = benchmark.Timer("a @ b", globals={"a": a, "b": b}, num_threads=torch.get_num_threads())
     best = min(timer.timeit(number=1).median for _ in range(repeats))  # timeit warms up before it times
     return 2 * n**3 / best
 

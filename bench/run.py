@@ -38,7 +38,7 @@ from bench.harness import (
     training_flops,
     write_results,
 )
-from bench.sampler import LengthGroupedBatchSampler, padding_fraction, shuffled_batches
+from utils.batching import LengthGroupedBatchSampler, padding_fraction, shuffled_batches
 from utils.paths import ROOT
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -318,7 +318,7 @@ def bench_padding(quick: bool, repeats: int) -> tuple[list[dict], list[dict], st
             f"20 epochs (seeds). Tokens counted with the tiny smoke tokenizers (byte-level BPE, vocabulary 1,024: "
             f"more tokens per text than GPT-2's 50k BPE, so the lengths are longer than the real ones, their spread "
             f"alike). Chapter 04 batches 8 (lengths capped at 1,024), chapter 02 batches 4 (max_length 512). "
-            f"Length-grouped: bench.sampler.LengthGroupedBatchSampler (shuffle, mega-batches of 16 batches sorted by "
+            f"Length-grouped: utils.batching.LengthGroupedBatchSampler (shuffle, mega-batches of 16 batches sorted by "
             f"length, batches shuffled).\n\nThroughput: one epoch over the first {n} chapter-04 sequences, batch 8, on "
             f"a small GPTModel ({cfg['emb_dim']}/{cfg['n_layers']}/{cfg['n_heads']}, vocab 1,024, fp32), full training "
             f"steps; median of {repeats} interleaved repeats.")

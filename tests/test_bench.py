@@ -7,7 +7,7 @@ import torch
 
 from bench.harness import Timing, markdown_table, matmul_parameters, time_interleaved, training_flops, write_results
 from bench.run import build_variant, lora_targets, optimizer_state_bytes
-from bench.sampler import LengthGroupedBatchSampler, padding_fraction, shuffled_batches
+from utils.batching import LengthGroupedBatchSampler, padding_fraction, shuffled_batches
 
 TINY = {"vocab_size": 97, "context_length": 32, "emb_dim": 16, "n_heads": 2, "n_layers": 2, "drop_rate": 0.0,
         "qkv_bias": True}

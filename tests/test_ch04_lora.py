@@ -117,21 +117,3 @@ def test_gpt2_medium_lora_counts_on_the_meta_device():
     # per block: 4 x (1024+1024) attention, (1024+4096) + (4096+1024) feed-forward, times r=16; plus out_head
     per_block = 16 * (4 * 2048 + 2 * 5120)
     assert num_parameters(model) == 24 * per_block + 16 * (1024 + 50257)
-
-
-def test_benchmark_script_measures_both_runs():
-    import importlib.util
-
-    from utils.paths import ROOT
-
-    spec = importlib.util.spec_from_file_location("bench_lora", ROOT / "04-instruction-gpt2" / "bench_lora_vs_full.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    full = bench.measure(TINY, False, steps=1, batch_size=2, seq_len=8, rank=4, alpha=8, device=torch.device("cpu"))
-    lora = bench.measure(TINY, True, steps=1, batch_size=2, seq_len=8, rank=4, alpha=8, device=torch.device("cpu"))
-    with torch.device("meta"):
-        total = num_parameters(GPTModel(TINY))
-    assert full["trainable parameters"] == total
-    # r=4: per block 4 attention Linears 4*(32+32) and 2 feed-forward 4*(32+128); the head 4*(32+64)
-    assert lora["trainable parameters"] == 2 * (4 * 4 * 64 + 2 * 4 * 160) + 4 * 96 == 4992
-    assert full["seconds per step"] > 0 and lora["peak memory (GiB)"] > 0

@@ -1,4 +1,4 @@
-"""Length-grouped batching, and the padding waste it removes.
+"""Length-grouped batching, and the padding waste it removes (chapter 02's default; measured by `make bench`).
 
 Padding to the longest example in a batch (chapters 02 and 04 do) wastes the pad positions: the model computes
 them and the loss ignores them. Batches of similar lengths waste little. `LengthGroupedBatchSampler` keeps the
