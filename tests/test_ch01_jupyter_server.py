@@ -260,6 +260,14 @@ def xsrf_headers(session: requests.Session) -> dict[str, str]:
     return {"X-XSRFToken": session.cookies["_xsrf"]}
 
 
+def start_kernel(server, session: requests.Session) -> str:
+    """Start a python3 kernel through the REST API (as JupyterLab does) and return its id."""
+    started = session.post(server.url + "/api/kernels", json={"name": "python3"}, headers=xsrf_headers(session),
+                           timeout=30)
+    assert started.status_code == 201, started.text
+    return started.json()["id"]
+
+
 @pytest.mark.slow
 def test_unauthenticated_requests_are_refused(server):
     assert requests.get(server.url + "/api/contents", timeout=10).status_code == 403
@@ -333,10 +341,7 @@ def execute(server, session, kernel_id: str, code: str, timeout_s: float = 60) -
 @pytest.mark.slow
 def test_kernel_started_over_rest_computes(server):
     session = server.login()
-    started = session.post(server.url + "/api/kernels", json={"name": "python3"}, headers=xsrf_headers(session),
-                           timeout=30)
-    assert started.status_code == 201, started.text
-    kernel_id = started.json()["id"]
+    kernel_id = start_kernel(server, session)
     try:
         assert execute(server, session, kernel_id, "1+1") == "2"
     finally:
@@ -390,9 +395,7 @@ def test_browser_logs_in_and_sees_the_course(server):
 @pytest.mark.slow
 def test_server_stops_and_leaves_nothing_running(server):
     session = server.login()
-    started = session.post(server.url + "/api/kernels", json={"name": "python3"}, headers=xsrf_headers(session),
-                           timeout=30)
-    assert started.status_code == 201  # a kernel left running: stopping the server must stop it too
+    start_kernel(server, session)  # a kernel left running: stopping the server must stop it too
     deadline = time.monotonic() + 30
     while not psutil.Process(server.proc.pid).children(recursive=True) and time.monotonic() < deadline:
         time.sleep(0.1)

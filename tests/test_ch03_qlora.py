@@ -57,24 +57,15 @@ def test_loader_renames_prompt_to_text():
     assert data[0]["text"].startswith("I want you to act as")
 
 
-def test_loader_missing_column(tmp_path):
-    path = tmp_path / "bad.csv"
-    path.write_text("act,instruction\nPoet,write a poem\n")
-    with pytest.raises(CourseError, match=r"no column 'prompt'.*\['act', 'instruction'\]"):
-        load_prompt_dataset(str(path))
-
-
-def test_loader_empty_dataset(tmp_path):
-    path = tmp_path / "empty.csv"
-    path.write_text("act,prompt\n")
-    with pytest.raises(CourseError, match="no records"):
-        load_prompt_dataset(str(path))
-
-
-def test_loader_empty_record_is_named(tmp_path):
-    path = tmp_path / "hole.jsonl"
-    path.write_text('{"prompt": "I want you to act as a poet."}\n{"prompt": "   "}\n')
-    with pytest.raises(CourseError, match=r"record 1: field 'prompt'"):
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("bad.csv", "act,instruction\nPoet,write a poem\n", r"no column 'prompt'.*\['act', 'instruction'\]"),
+    ("empty.csv", "act,prompt\n", "no records"),
+    ("hole.jsonl", '{"prompt": "I want you to act as a poet."}\n{"prompt": "   "}\n', r"record 1: field 'prompt'"),
+], ids=["missing column", "empty dataset", "empty record"])
+def test_loader_bad_input_is_named(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(CourseError, match=message):
         load_prompt_dataset(str(path))
 
 
