@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from utils.env import pick_dtype, seed_everything  # noqa: E402
-from utils.quantization import check_target_modules, load_prompt_dataset, require_4bit_support  # noqa: E402
+from utils.quantization import adapters_to_fp32, check_target_modules, load_prompt_dataset, require_4bit_support  # noqa: E402, E501
 
 
 def parse_args(argv=None):
@@ -119,6 +119,7 @@ def main(argv=None) -> int:
     )
     trainer_class = recording_trainer_class() if args.record is not None else SFTTrainer
     trainer = trainer_class(model=model, args=config, train_dataset=data, processing_class=tokenizer)
+    adapters_to_fp32(trainer.model)  # trl casts them to bf16; fp16 AMP (a T4) needs fp32 trainable parameters
     trainer.train()
 
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

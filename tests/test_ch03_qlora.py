@@ -10,8 +10,9 @@ from peft import AutoPeftModelForCausalLM, LoraConfig, get_peft_model, prepare_m
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
+from utils.bnb_cpu import keep_4bit_trainable
 from utils.errors import CourseError
-from utils.quantization import check_target_modules, load_prompt_dataset, require_4bit_support
+from utils.quantization import adapters_to_fp32, check_target_modules, load_prompt_dataset, require_4bit_support
 from utils.smoke import fixture_path, tiny_checkpoint
 
 BNB = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -20,8 +21,10 @@ STEPS = 6
 
 
 def _model():
-    return AutoModelForCausalLM.from_pretrained(tiny_checkpoint("bloom"), quantization_config=BNB,
-                                                device_map={"": "cpu"})
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint("bloom"), quantization_config=BNB,
+                                                 device_map={"": "cpu"})
+    keep_4bit_trainable(model)  # as the notebook does: the same 4-bit kernels on every CPU
+    return model
 
 
 def _peft_model():
@@ -36,7 +39,9 @@ def _trainer(model, out, data):
                        logging_steps=1, save_strategy="steps", save_steps=STEPS // 2, report_to="none", seed=0,
                        disable_tqdm=True)
     tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint("bloom"))
-    return SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)
+    trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)
+    adapters_to_fp32(trainer.model)
+    return trainer
 
 
 @pytest.fixture(scope="module")
@@ -99,27 +104,52 @@ def test_adapter_saved_alone(trained):
     assert not names & {"model.safetensors", "pytorch_model.bin"}
 
 
-def test_reloaded_adapter_gives_the_same_logits(trained):
-    """The NF4 base weights re-quantize to identical codes, and the saved LoRA values are the trained ones exactly.
-    trl keeps a quantized model's adapters in bf16 while the reload holds them in fp32, so the logits agree to
-    bf16 rounding of the LoRA path (tolerance 1e-2); cast to the same dtype, they agree to 1e-5."""
+def test_trl_casts_adapters_to_bf16_and_they_are_cast_back(tmp_path):
+    """trl 1.16 casts a quantized model's adapters to bf16 in SFTTrainer's constructor, which fp16 AMP's GradScaler
+    cannot unscale on a T4; `adapters_to_fp32` restores fp32 before the optimizer exists."""
+    data = load_prompt_dataset(str(fixture_path("prompts")), limit=8)
+    config = SFTConfig(output_dir=str(tmp_path), max_steps=1, max_length=64, dataset_text_field="text", fp16=False,
+                       bf16=False, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True)
+    trainer = SFTTrainer(model=_peft_model(), args=config, train_dataset=data,
+                         processing_class=AutoTokenizer.from_pretrained(tiny_checkpoint("bloom")))
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    assert len(trainable) == 4 and all(p.dtype == torch.bfloat16 for p in trainable)  # what trl does
+    assert adapters_to_fp32(trainer.model) == 4
+    assert trainer.optimizer is None  # not built yet: it will hold the fp32 tensors
+    trainer.train()
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
+    assert {p.dtype for group in trainer.optimizer.param_groups for p in group["params"]} == {torch.float32}
+
+
+@pytest.mark.parametrize("compute_dtype", [torch.float32, torch.float16], ids=["fp32 compute", "fp16 compute (T4)"])
+def test_reloaded_adapter_gives_the_same_logits(trained, compute_dtype):
+    """Like with like, as the notebook compares: the reload goes through prepare_model_for_kbit_training as the
+    trained model did, the adapters are fp32 on both sides, and the NF4 codes re-quantize identically, so the logits
+    are equal; unprepared at fp16 compute, they would differ by the preparation's fp32 norms alone."""
     trainer, out, _ = trained
-    model = trainer.model.eval()
-    reloaded = AutoPeftModelForCausalLM.from_pretrained(out / "adapter", quantization_config=BNB,
-                                                        device_map={"": "cpu"}).eval()
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=compute_dtype)
+
+    def load(prepare: bool):
+        model = AutoPeftModelForCausalLM.from_pretrained(out / "adapter", quantization_config=config,
+                                                         dtype=compute_dtype, device_map={"": "cpu"})
+        keep_4bit_trainable(model)
+        return (prepare_model_for_kbit_training(model) if prepare else model).eval()
+
+    model = trainer.model.eval() if compute_dtype == torch.float32 else load(prepare=True)
+    reloaded = load(prepare=True)
     ours = {k: v for k, v in model.state_dict().items() if "lora_" in k}
     theirs = {k: v for k, v in reloaded.state_dict().items() if "lora_" in k}
     assert ours.keys() == theirs.keys() and len(ours) == 4
-    assert all(torch.equal(ours[k].float(), theirs[k].float()) for k in ours)
+    assert all(v.dtype == torch.float32 for v in [*ours.values(), *theirs.values()])
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert any(ours[k].abs().sum() > 0 for k in ours if "lora_B" in k)  # trained: B moved away from zero
     ids = AutoTokenizer.from_pretrained(tiny_checkpoint("bloom"))("I want you to act as a poet.", return_tensors="pt")
     with torch.no_grad():
-        a, b = model(**ids).logits, reloaded(**ids).logits
-        assert (a - b).abs().max() < 1e-2
-        for name, param in reloaded.named_parameters():
-            if "lora_" in name:
-                param.data = param.data.to(ours[name].dtype)
-        assert (a - reloaded(**ids).logits).abs().max() < 1e-5
+        a, b = model(**ids).logits.float(), reloaded(**ids).logits.float()
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max()
+        if compute_dtype == torch.float16:  # why the preparation must match: without it, fp16 norms move the logits
+            assert (a - load(prepare=False)(**ids).logits.float()).abs().max() > 1e-3
 
 
 def test_resume_from_checkpoint_reaches_the_same_step(trained, tmp_path):

@@ -198,6 +198,21 @@ def peak_memory(device=None, interval_s: float = 0.005) -> Iterator[PeakMemory]:
         result.peak_bytes = max(result.peak_bytes, process.memory_info().rss)
 
 
+def release_memory(device=None) -> int:
+    """Collect what Python no longer references and hand CUDA's cached blocks back; return the bytes still allocated
+    on `device` (0 on a CPU, where freed memory goes back to the process at once). `del` the models first."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    device = torch.device(device) if device is not None else pick_device()
+    if device.type != "cuda":
+        return 0
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated(device)
+
+
 def key_figure(name: str, value: object) -> None:
     """Print the figure a notebook reports, in the form `make run`'s summary collects (`Key figure: name = value`)."""
     print(f"Key figure: {name} = {value}")

@@ -89,3 +89,21 @@ def require_4bit_support(device):
     except Exception as exc:
         raise CourseError(f"bitsandbytes cannot quantize to 4-bit on {device} ({type(exc).__name__}: {exc}); "
                           f"install the pinned bitsandbytes (pip install -r requirements.txt)") from exc
+
+
+def adapters_to_fp32(model) -> int:
+    """Cast `model`'s trainable parameters to fp32; return how many tensors were cast. Call it after building an
+    `SFTTrainer` and before `train()`, which builds the optimizer.
+
+    trl 1.16's SFTTrainer casts a quantized model's trainable parameters to bf16 (`trl/trainer/sft_trainer.py`),
+    whatever `fp16`/`bf16` say. A T4 has no bf16, and fp16 AMP's GradScaler cannot unscale bf16 gradients on CUDA
+    (huggingface/trl issue 4901); and AdamW's small late updates round away in bf16. The optimizer wants fp32.
+    """
+    import torch
+
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast
