@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 import warnings
 
 import pytest
@@ -40,6 +42,22 @@ def test_pins_are_read_and_mismatches_reported(tmp_path) -> None:
     mismatches = env.version_mismatches(pins)
     assert mismatches["not-a-package"] == (None, "1.0")
     assert mismatches["pytest"][1] == "0.0.1" and mismatches["pytest"][0] != "0.0.1"
+
+
+def test_pins_follow_included_files(tmp_path) -> None:
+    (tmp_path / "ml.txt").write_text("peft==1.0\ntrl==2.0  # included\n")
+    (tmp_path / "requirements.txt").write_text("torch>=2.6\n-r ml.txt\npandas==3.0\n")
+    assert env.pinned_versions(tmp_path / "requirements.txt") == {"peft": "1.0", "trl": "2.0", "pandas": "3.0"}
+
+
+def test_colab_is_checked_against_the_colab_set(monkeypatch) -> None:
+    assert env.requirements_file().name == "requirements.txt"
+    assert {"transformers", "pandas", "ipykernel"} <= env.pinned_versions().keys()
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    assert env.requirements_file().name == "requirements-colab.txt"
+    pins = env.pinned_versions()
+    assert {"transformers", "peft", "trl", "bitsandbytes"} <= pins.keys()
+    assert not {"pandas", "ipykernel", "torch", "matplotlib"} & pins.keys()  # Colab's own
 
 
 def test_the_installed_stack_matches_the_pins() -> None:

@@ -60,17 +60,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def pinned_versions(requirements: str | os.PathLike = ROOT / "requirements.txt") -> dict[str, str]:
-    """The exact pins (`name==version`) of the tested stack, by normalised package name."""
+def requirements_file() -> Path:
+    """The requirement set this runtime was set up from: the ML stack alone on Colab, the whole tested stack elsewhere."""
+    return ROOT / ("requirements-colab.txt" if "google.colab" in sys.modules else "requirements.txt")
+
+
+def pinned_versions(requirements: str | os.PathLike | None = None) -> dict[str, str]:
+    """The exact pins (`name==version`) of a requirements file and the files it includes with `-r`, by normalised
+    package name; by default those of `requirements_file()`."""
+    path = Path(requirements) if requirements is not None else requirements_file()
     pins: dict[str, str] = {}
-    for line in Path(requirements).read_text(encoding="utf-8").splitlines():
-        match = re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*==\s*([^\s;#]+)", line)
-        if match:
-            pins[_normalise(match.group(1))] = match.group(2)
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if include := re.match(r"^\s*-r\s+(\S+)", line):
+            pins.update(pinned_versions(path.parent / include.group(1)))
+        elif match := re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*==\s*([^\s;#]+)", line):
+            pins[normalise_name(match.group(1))] = match.group(2)
     return pins
 
 
-def _normalise(name: str) -> str:
+def normalise_name(name: str) -> str:
+    """A package name as pip compares it (PEP 503): lower case, runs of "-", "_" and "." as one "-"."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
@@ -132,10 +141,10 @@ def print_environment() -> dict[str, object]:
         if key != "version mismatches":
             print(f"{key:<{width}}  {value}")
     for name, what in summary["version mismatches"].items():
-        warnings.warn(f"{name}: {what}; the course is tested with the pinned stack (pip install -r requirements.txt)",
-                      stacklevel=2)
+        warnings.warn(f"{name}: {what}; the course is tested with the pinned stack "
+                      f"(pip install -r {requirements_file().name})", stacklevel=2)
     if not summary["version mismatches"]:
-        print(f"{'versions':<{width}}  all pinned packages match requirements.txt")
+        print(f"{'versions':<{width}}  all pinned packages match {requirements_file().name}")
     return summary
 
 
@@ -235,7 +244,8 @@ def advice(summary: dict[str, object]) -> list[str]:
     backend = str(summary.get("bitsandbytes backend"))
     lines.append(f"bitsandbytes backend: {backend}; " + (
         "4-bit and 8-bit loading will work." if backend in {"cuda", "cpu"} else
-        "4-bit and 8-bit loading will NOT work: pip install -r requirements.txt"))
+        f"4-bit and 8-bit loading will NOT work: pip install -r {requirements_file().name}"))
     if summary.get("version mismatches"):
-        lines.append("Some packages differ from the tested pins (warnings above): pip install -r requirements.txt")
+        lines.append(f"Some packages differ from the tested pins (warnings above): pip install -r "
+                     f"{requirements_file().name}")
     return lines

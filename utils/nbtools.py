@@ -34,20 +34,30 @@ def badge_source(path: Path) -> str:
 
 
 def setup_source() -> str:
-    """The setup cell: on Colab, clone the course and install its pinned stack (keeping Colab's torch)."""
+    """The setup cell: on Colab, clone the course and install its ML stack (utils/colab.py); elsewhere, find it."""
     return (
-        "# Setup. On Colab: fetch the course and install its pinned stack (Colab's own torch satisfies the pin and is kept).\n"
-        "# Elsewhere `make setup` has installed everything; this only makes the course's `utils` importable.\n"
+        "# Setup. On Colab: fetch the course, then install its ML stack, leaving Colab's own packages (torch, the kernel,\n"
+        "# pandas, ...) as they are. Elsewhere `make setup` has installed everything: this only finds the course's `utils`.\n"
+        "import subprocess\n"
         "import sys\n"
         "from pathlib import Path\n"
         "\n"
-        f'if "google.colab" in sys.modules and not Path("{COLAB_DIR}").exists():\n'
-        f"    !git clone --depth 1 {REPO_URL} {COLAB_DIR}\n"
-        f"    %pip install -q -r {COLAB_DIR}/requirements.txt\n"
-        f'ROOT = Path("{COLAB_DIR}") if "google.colab" in sys.modules else next(\n'
-        '    p for p in (Path.cwd(), *Path.cwd().parents) if (p / "utils" / "paths.py").is_file()\n'
-        ")\n"
-        "sys.path.insert(0, str(ROOT))"
+        f'REPO_URL = "{REPO_URL}"  # generated from utils/paths.py\n'
+        'if "google.colab" in sys.modules:\n'
+        f'    ROOT = Path("{COLAB_DIR}")\n'
+        '    if not (ROOT / "utils").is_dir():\n'
+        '        clone = subprocess.run(["git", "clone", "--depth", "1", REPO_URL, str(ROOT)], capture_output=True, text=True)\n'
+        "        if clone.returncode != 0:\n"
+        '            raise RuntimeError(f"could not clone the course from REPO_URL = {REPO_URL}: {clone.stderr.strip()}\\n"\n'
+        '                               f"Check the address (set REPO_URL to your fork\'s) and that the runtime is online; "\n'
+        '                               f"if {ROOT} is left half-written, delete it first (!rm -rf {ROOT}).")\n'
+        "    sys.path.insert(0, str(ROOT))\n"
+        "    from utils.colab import install_course_stack\n"
+        "\n"
+        "    install_course_stack()\n"
+        "else:\n"
+        '    ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "utils" / "paths.py").is_file())\n'
+        "    sys.path.insert(0, str(ROOT))"
     )
 
 
