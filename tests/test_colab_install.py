@@ -24,6 +24,10 @@ from utils.paths import ROOT
 
 COLAB_SNAPSHOT = "2026-08-19"  # data/colab/README.md says where it comes from and how to refresh it
 FREEZE = ROOT / "data" / "colab" / "pip-freeze.gpu.txt"
+REQUIRES = ROOT / "data" / "colab" / "requires-dist.json"  # what each Colab package requires (refresh_requires.py)
+COLAB_MARKERS = {"python_version": "3.13", "python_full_version": "3.13.15", "sys_platform": "linux",
+                 "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
+                 "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
 
 
 # Colab packages the install may move, and why each is safe to move. Everything else Colab ships must stay.
@@ -37,7 +41,8 @@ ALLOWED_TO_MOVE = {
     "tokenizers": "the tested pin, which transformers requires",
     "safetensors": "the tested pin",
     # what the pins require, newer than Colab's
-    "huggingface-hub": "transformers 5.23 and datasets 5.2 need a newer Hub client; the Hub libraries use it alone",
+    "huggingface-hub": "transformers 5.23 and datasets 5.2 need >= 1.31; pinned below 2.0, which gradio and "
+                       "diffusers require",
     "pyarrow": "datasets 5.2 (trl's dependency) needs pyarrow >= 21; Colab ships 18.1",
 }
 
@@ -49,6 +54,32 @@ def colab_packages() -> dict[str, str]:
         if match := re.match(r"^([A-Za-z0-9_.\-]+)==(\S+)$", line.strip()):
             found[normalise_name(match.group(1))] = match.group(2)
     return found
+
+
+def broken_by(plan: dict[str, str], requires: dict[str, dict]) -> list[str]:
+    """The requirements of Colab's packages that the planned versions would no longer satisfy."""
+    from packaging.requirements import Requirement
+
+    broken = []
+    for package, info in requires.items():
+        if normalise_name(package) in plan:
+            continue  # the install replaces this package itself
+        for line in info["requires"]:
+            requirement = Requirement(line)
+            if requirement.marker is not None and not requirement.marker.evaluate(COLAB_MARKERS):
+                continue
+            new = plan.get(normalise_name(requirement.name))
+            if new is not None and not requirement.specifier.contains(new, prereleases=True):
+                broken.append(f"{package} {info['version']} requires {line}, the install brings {new}")
+    return broken
+
+
+def test_broken_by_finds_a_dependency_moved_out_of_range():
+    requires = {"gradio": {"version": "6.24.0", "requires": ["huggingface-hub<2.0,>=1.16.0", "tqdm; python_version<'3'"]}}
+    assert broken_by({"huggingface-hub": "1.33.0"}, requires) == []
+    assert broken_by({"huggingface-hub": "2.4.0"}, requires) == [
+        "gradio 6.24.0 requires huggingface-hub<2.0,>=1.16.0, the install brings 2.4.0"]
+    assert broken_by({"tqdm": "0.1"}, requires) == []  # the marker does not hold on Colab
 
 
 def _fake_colab_environment(venv: Path, packages: dict[str, str]) -> None:
@@ -113,6 +144,9 @@ def test_pip_resolves_the_colab_set_on_colabs_runtime(tmp_path):
     assert set(moved) <= set(ALLOWED_TO_MOVE), f"would move Colab packages outside the allow-list: " \
                                                f"{ {n: moved[n] for n in set(moved) - set(ALLOWED_TO_MOVE)} }"
     assert {"trl", "bitsandbytes"} <= plan.keys()  # what Colab lacks is installed
+    requires = json.loads(REQUIRES.read_text())
+    assert len(requires) > 300 and "gradio" in requires  # the fixture is Colab's, not empty
+    assert broken_by(plan, requires) == [], "the install would break Colab packages that stay"
     assert "torch" not in plan and not any(name.startswith("nvidia-") for name in plan)  # Colab's torch stays
     pins = pinned_versions(ROOT / "requirements-colab.txt")
     assert all(plan.get(name, packages.get(name)) == version for name, version in pins.items())
