@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import uuid
 from pathlib import Path
 
@@ -509,7 +510,8 @@ def check_loop_args(train_loader, num_epochs, eval_freq, eval_iter, checkpoint_d
     check_int("checkpoint_every", checkpoint_every, minimum=1, optional=True)
     check_int("stop_after_steps", stop_after_steps, minimum=1, optional=True)
     if checkpoint_dir is None and (resume or checkpoint_every):
-        raise CourseArgumentError("resume=True and checkpoint_every need a checkpoint_dir to read and write")
+        raise CourseArgumentError(f"{sys._getframe(1).f_code.co_name}(): resume=True and checkpoint_every need a "
+                                  "checkpoint_dir to read and write")
     if len(train_loader) == 0:
         raise CourseError("the training loader has no batches (fewer records than batch_size, with drop_last=True?): "
                           "nothing to train on; lower the batch size or use more data")

@@ -84,7 +84,7 @@ def format_input(entry):
 def split_data(data, train_frac=0.85, test_frac=0.10):
     check_fraction("train_frac", train_frac)
     check_fraction("test_frac", test_frac)
-    check_fraction("1 - train_frac - test_frac (the validation share)", round(1 - train_frac - test_frac, 9))
+    check_fraction("train_frac + test_frac", round(train_frac + test_frac, 9), hint="validation gets the rest")
     # The source's order: the first 85% train, the next 10% test, the rest (5%) validation
     train_portion = int(len(data) * train_frac)
     test_portion = int(len(data) * test_frac)
