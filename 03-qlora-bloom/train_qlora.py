@@ -24,7 +24,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from utils.env import pick_dtype, seed_everything  # noqa: E402
+from utils.hub import hub_errors  # noqa: E402
 from utils.quantization import adapters_to_fp32, check_target_modules, load_prompt_dataset, require_4bit_support  # noqa: E402, E501
+
+
+def _positive(kind):
+    """An argparse type: a number of `kind` (int or float) above 0, finite, or a usage error naming the value."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'} > 0")
+        return value
+    return parse
 
 
 def parse_args(argv=None):
@@ -32,12 +46,12 @@ def parse_args(argv=None):
     parser.add_argument("--model", default="bigscience/bloom-7b1", help="Hub id or local folder of a BLOOM model")
     parser.add_argument("--data", default="fka/awesome-chatgpt-prompts", help="Hub dataset id or a .csv/.json file")
     parser.add_argument("--column", default="prompt", help="the column that holds the prompt text")
-    parser.add_argument("--limit", type=int, default=200, help="train on the first LIMIT records")
-    parser.add_argument("--steps", type=int, default=100, help="optimizer steps")
+    parser.add_argument("--limit", type=_positive(int), default=200, help="train on the first LIMIT records")
+    parser.add_argument("--steps", type=_positive(int), default=100, help="optimizer steps")
     parser.add_argument("--output-dir", required=True, type=Path, help="where the adapter (and checkpoints) go")
-    parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--batch-size", type=int, default=4, help="per process")
-    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--lr", type=_positive(float), default=2e-4)
+    parser.add_argument("--batch-size", type=_positive(int), default=4, help="per process")
+    parser.add_argument("--max-length", type=_positive(int), default=256)
     parser.add_argument("--target-modules", nargs="+", default=["query_key_value"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--record", type=Path, help="write this process's rank, world size, losses and a checksum "
@@ -73,6 +87,8 @@ def recording_trainer_class():
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # The data first: a bad --data file fails here, in a second, not after minutes of loading the 4-bit model.
+    data = load_prompt_dataset(args.data, column=args.column, limit=args.limit)
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -87,16 +103,16 @@ def main(argv=None) -> int:
 
     bnb_config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                     bnb_4bit_compute_dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, quantization_config=bnb_config, dtype=dtype,
-                                                 device_map={"": local_rank if on_gpu else "cpu"})
+    with hub_errors(args.model):  # offline: a CourseError naming the model and the way out
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model, quantization_config=bnb_config, dtype=dtype,
+                                                     device_map={"": local_rank if on_gpu else "cpu"})
     # Non-reentrant checkpointing: the reentrant kind clashes with DDP's gradient hooks.
     model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
     check_target_modules(model, args.target_modules)
     lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules=args.target_modules,
                       task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
-    data = load_prompt_dataset(args.data, column=args.column, limit=args.limit)
 
     config = SFTConfig(
         output_dir=str(args.output_dir),

@@ -57,11 +57,16 @@ def test_flatten_keeps_several_gold_answers_and_drops_plausible_answers():
 
 
 def test_load_squad_slices_and_shuffles_reproducibly():
-    a = load_squad(fixture_path("squad_train"), "train", n=10, seed=1)
-    b = load_squad(fixture_path("squad_train"), "train", n=10, seed=1)
-    everything = load_squad(fixture_path("squad_train"), "train")
-    assert [r["id"] for r in a] == [r["id"] for r in b] and len(a) == 10
-    assert len(everything) == 45 and {r["id"] for r in a} <= {r["id"] for r in everything}
+    def ids(**kwargs):
+        return [r["id"] for r in load_squad(fixture_path("squad_train"), "train", **kwargs)]
+
+    in_file_order = [r["id"] for r in flatten_squad(json.loads(fixture_path("squad_train").read_text()))]
+    everything, first_ten = ids(seed=1), ids(n=10, seed=1)
+    assert first_ten == ids(n=10, seed=1) and len(first_ten) == 10  # the same seed, the same records
+    assert first_ten == everything[:10]  # n takes the first records of the shuffled order
+    assert sorted(everything) == sorted(in_file_order) and len(everything) == 45  # every record, once
+    assert everything != in_file_order  # shuffled, not in the file's order
+    assert ids(seed=2) != everything and ids(n=10, seed=2) != first_ten  # the seed decides the order
 
 
 def test_prompt_template(train_records):

@@ -62,21 +62,8 @@ def test_loader_renames_prompt_to_text():
     assert data[0]["text"].startswith("I want you to act as")
 
 
-@pytest.mark.parametrize(("name", "content", "message"), [
-    ("bad.csv", "act,instruction\nPoet,write a poem\n", r"no column 'prompt'.*\['act', 'instruction'\]"),
-    ("empty.csv", "act,prompt\n", "no records"),
-    ("hole.jsonl", '{"prompt": "I want you to act as a poet."}\n{"prompt": "   "}\n', r"record 1: field 'prompt'"),
-], ids=["missing column", "empty dataset", "empty record"])
-def test_loader_bad_input_is_named(tmp_path, name, content, message):
-    path = tmp_path / name
-    path.write_text(content)
-    with pytest.raises(CourseError, match=message):
-        load_prompt_dataset(str(path))
-
-
-def test_loader_missing_file(tmp_path):
-    with pytest.raises(CourseError, match="does not exist"):
-        load_prompt_dataset(str(tmp_path / "nope.csv"))
+# The loader's bad inputs (encoding, structure, fields, empty files, ragged CSV rows, a missing file) are tried in
+# tests/test_bad_input.py, with every other loader's.
 
 
 def test_unknown_target_module_is_caught_before_peft():

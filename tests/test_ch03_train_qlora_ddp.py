@@ -9,6 +9,7 @@ and since DDP averages the gradients, both ranks end with bit-identical LoRA wei
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from utils.errors import CourseError
 from utils.paths import ROOT
 from utils.smoke import fixture_path, tiny_checkpoint
 
@@ -70,3 +72,38 @@ def test_accelerate_ddp_config_is_multi_gpu_data_parallel():
     assert config.distributed_type.value == "MULTI_GPU"
     assert config.num_processes == 2 and config.num_machines == 1 and not config.use_cpu
     assert not config.fsdp_config and not config.deepspeed_config  # plain DDP: a full model copy per GPU
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_qlora", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bad_data_fails_before_the_model_is_loaded(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the 4-bit model was loaded before --data was read")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_load)
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", no_load)
+    bad = tmp_path / "prompts.csv"
+    bad.write_text("act,prompt\nPoet,I want you, to act as a poet\n")
+    with pytest.raises(CourseError, match=r"prompts.csv, line 2: 3 fields where the header has 2"):
+        _script().main(["--model", tiny_checkpoint("bloom"), "--data", str(bad), "--output-dir", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--steps", "0"], "argument --steps: '0' is not an integer > 0"),
+    (["--limit", "-5"], "argument --limit: '-5' is not an integer > 0"),
+    (["--batch-size", "two"], "argument --batch-size: 'two' is not an integer > 0"),
+    (["--max-length", "1.5"], "argument --max-length: '1.5' is not an integer > 0"),
+    (["--lr", "nan"], "argument --lr: 'nan' is not a number > 0"),
+    (["--lr", "0"], "argument --lr: '0' is not a number > 0"),
+], ids=["no steps", "negative limit", "a word", "a fraction", "a NaN rate", "a zero rate"])
+def test_bad_arguments_are_usage_errors_that_name_the_option(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _script().parse_args(["--output-dir", "out", *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -34,15 +34,15 @@ def test_format_input_with_and_without_input():
 
 
 @pytest.mark.parametrize("record,match", [
-    ({"instruction": "x", "output": "y"}, r"record 1 has no 'input' field"),
-    ({"instruction": "x", "input": 3, "output": "y"}, r"record 1 field 'input' is a int"),
-    ({"instruction": "  ", "input": "", "output": "y"}, r"record 1 field 'instruction' is empty"),
-    ({"instruction": "x", "input": "", "output": ""}, r"record 1 field 'output' is empty"),
-    ("text", r"record 1 is a str"),
+    ({"instruction": "x", "output": "y"}, r"data.json, record 1: no field 'input'.*use \"\" for an empty input"),
+    ({"instruction": "x", "input": 3, "output": "y"}, r"data.json, record 1: field 'input' is int 3, expected text"),
+    ({"instruction": "  ", "input": "", "output": "y"}, r"data.json, record 1: field 'instruction' is empty; fill"),
+    ({"instruction": "x", "input": "", "output": ""}, r"data.json, record 1: field 'output' is empty"),
+    ("text", r"data.json, record 1: a str, expected an object"),
 ])
 def test_validation_names_record_and_field(record, match):
     with pytest.raises(CourseError, match=match):
-        validate_instruction_data([GOOD, record])
+        validate_instruction_data([GOOD, record], source="data.json")
 
 
 def test_duplicates_warn_with_count(tmp_path):

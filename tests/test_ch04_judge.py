@@ -29,9 +29,14 @@ def test_rouge_l():
     assert rouge_l("x", "y") == 0.0
 
 
-def test_parse_score():
-    assert parse_score("85") == 85 and parse_score("Score: 7/10") == 7
-    assert parse_score("none") is None and parse_score("150") is None
+@pytest.mark.parametrize(("reply", "score"), [
+    ("85", 85), ("Score: 85.", 85), ("85%", 85), ("85.0", 85),
+    ("Score: 7/10", 70), ("7 out of 10", 70), ("85/100", 85), ("3/5", 60),  # fractions, scaled to 0-100
+    ("none", None), ("150", None), ("-5", None), ("11/10", None), ("3/0", None),  # no score, or out of range
+    ("On a scale from 0 to 100: 75", None),  # several numbers: which one is the score would be a guess
+])
+def test_parse_score(reply, score):
+    assert parse_score(reply) == score
 
 
 class _FakeOllama(BaseHTTPRequestHandler):

@@ -194,7 +194,7 @@ def test_too_short_text_raises_a_clear_error():
         GPTDatasetV1("abcdefgh", CharTokenizer(), max_length=8, stride=8)
     with pytest.raises(ValueError, match="loader would be empty"):
         create_dataloader_v1("abcdefghijkl", batch_size=4, max_length=4, stride=4, tokenizer=CharTokenizer())
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValueError, match=r"GPTDatasetV1.__init__\(\): stride must be an integer >= 1, got 0"):
         GPTDatasetV1("abcdefghijkl", CharTokenizer(), max_length=4, stride=0)
 
 

@@ -198,7 +198,7 @@ class UntouchableLoader:
     ({"peak_lr": -0.01, "initial_lr": 0.0, "min_lr": 0.0}, "peak_lr must be a finite number >= 0"),
     ({"max_norm": 0.0}, "max_norm must be positive"),
     ({"max_norm": -1.0}, "max_norm must be positive"),
-    ({"num_epochs": 0}, "num_epochs must be at least 1"),
+    ({"num_epochs": 0}, r"train_with_schedule\(\): num_epochs must be an integer >= 1, got 0"),
 ])
 def test_bad_parameters_raise_before_training(kwargs, message):
     model, optimizer = model_and_optimizer()

@@ -21,8 +21,10 @@ def test_dtype_follows_the_device(device: str, capability, expected) -> None:
     assert env.pick_dtype(device, capability=capability) is expected
 
 
-def test_device_is_cpu_without_cuda() -> None:
-    assert env.pick_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+@pytest.mark.parametrize("cuda", [False, True], ids=["no GPU", "a GPU"])
+def test_device_follows_cuda(monkeypatch, cuda: bool) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert env.pick_device() == torch.device("cuda" if cuda else "cpu")
 
 
 def test_seeding_repeats_random_numbers() -> None:

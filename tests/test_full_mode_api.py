@@ -184,3 +184,58 @@ def test_the_checker_catches_a_wrong_keyword(tmp_path) -> None:
                       "SFTConfig(max_seq_lenght=512)\nLoraConfig(r=8, lora_alpah=16)\n")
     bad = [(getattr(o, "__name__", ""), k - accepted(o)) for o, k, _ in calls_with_keywords(source)]
     assert ("SFTConfig", {"max_seq_lenght"}) in bad and ("LoraConfig", {"lora_alpah"}) in bad
+
+
+# --- full mode offline: every load of a Hub id goes through utils.hub.hub_errors ------------------------------
+
+HUB_LOADS = {"from_pretrained", "load_dataset", "snapshot_download"}
+#: First arguments that are local folders in both modes (tiny checkpoints, adapters the notebook saved itself).
+LOCAL_IN_BOTH_MODES = {"MERGE_DEMO_ID", "ADAPTER_DIR", "tiny_path"}
+#: Notebooks whose Hub loads are not wrapped yet, owned by other work in progress (strict: fails once they are).
+UNWRAPPED = {
+    "01-peft-setup/01_peft_methods.ipynb": "chapter 01's methods notebook is another change's: wrap its MODEL_ID loads",
+}
+
+
+def unwrapped_hub_loads(path: Path) -> list[str]:
+    """Hub loads (from_pretrained, load_dataset, snapshot_download) not inside a `with hub_errors(...)` block."""
+    found = []
+    for tree in trees(path):
+        covered: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.With) and any(
+                    isinstance(item.context_expr, ast.Call) and getattr(item.context_expr.func, "id", "") == "hub_errors"
+                    for item in node.items):
+                covered |= {id(inner) for statement in node.body for inner in ast.walk(statement)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or id(node) in covered:
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name not in HUB_LOADS:
+                continue
+            first = node.args[0] if node.args else None
+            local = (isinstance(first, ast.Name) and first.id in LOCAL_IN_BOTH_MODES) or (
+                isinstance(first, ast.Call) and getattr(first.func, "id", "") == "tiny_checkpoint")
+            adapter = isinstance(func, ast.Attribute) and getattr(func.value, "id", "") == "PeftModel"  # local adapter
+            if not (local or adapter):
+                found.append(f"line {node.lineno}: {ast.unparse(node)[:80]}")
+    return found
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=UNWRAPPED[str(p.relative_to(ROOT))]))
+    if str(p.relative_to(ROOT)) in UNWRAPPED else p for p in SOURCES], ids=[str(p.relative_to(ROOT)) for p in SOURCES])
+def test_every_hub_load_says_what_to_do_offline(path: Path) -> None:
+    """Offline in full mode, a Hub load must end in the README's CourseError, not transformers' OSError."""
+    assert unwrapped_hub_loads(path) == []
+
+
+def test_the_hub_load_check_catches_an_unwrapped_load(tmp_path) -> None:
+    source = tmp_path / "99-bad" / "bad.py"
+    source.parent.mkdir()
+    source.write_text("from transformers import AutoModelForCausalLM\nfrom utils.hub import hub_errors\n"
+                      "with hub_errors(MODEL_ID):\n    a = AutoModelForCausalLM.from_pretrained(MODEL_ID)\n"
+                      "b = AutoModelForCausalLM.from_pretrained(MODEL_ID)\n"
+                      "c = AutoModelForCausalLM.from_pretrained(tiny_checkpoint('gpt2'))\n")
+    assert unwrapped_hub_loads(source) == ["line 5: AutoModelForCausalLM.from_pretrained(MODEL_ID)"]

@@ -18,15 +18,19 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from utils.checks import check_int
+
 
 class LengthGroupedBatchSampler(torch.utils.data.Sampler):
     """Batches of indices whose examples have similar lengths, in a random order each epoch."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, mega_batch_mult: int = 16, drop_last: bool = False,
                  generator: torch.Generator | None = None):
-        if batch_size < 1 or mega_batch_mult < 1:
-            raise ValueError(f"batch_size={batch_size}, mega_batch_mult={mega_batch_mult}: both must be >= 1")
+        check_int("batch_size", batch_size, minimum=1)
+        check_int("mega_batch_mult", mega_batch_mult, minimum=1)
         self.lengths = list(lengths)
+        for i, length in enumerate(self.lengths):
+            check_int(f"lengths[{i}]", length, minimum=0, hint="one token count per example")
         self.batch_size = batch_size
         self.mega_batch_size = batch_size * mega_batch_mult
         self.drop_last = drop_last
@@ -55,6 +59,8 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler):
 
 def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
     """Plain shuffling, as DataLoader(shuffle=True) batches it: a random permutation cut into consecutive batches."""
+    check_int("n", n, minimum=0)
+    check_int("batch_size", batch_size, minimum=1)
     order = torch.randperm(n, generator=generator).tolist()
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 

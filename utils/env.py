@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils.checks import check_int
 from utils.paths import ROOT
 
 # About how much GPU memory each chapter's full recipe needs (estimates: weights + LoRA state + activations with
@@ -52,6 +53,7 @@ def pick_dtype(device=None, capability: tuple[int, int] | None = None):
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) so a run can be repeated."""
+    check_int("seed", seed, minimum=0, maximum=2**32 - 1, hint="NumPy takes seeds 0 .. 2**32 - 1")
     import numpy as np
     import torch
 

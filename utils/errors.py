@@ -1,5 +1,10 @@
-"""The one exception type the course raises for problems a learner can fix."""
+"""The exception types the course raises for problems a learner can fix."""
 
 
 class CourseError(RuntimeError):
     """A problem with input, cache or environment, with a message that says what to do."""
+
+
+class CourseArgumentError(CourseError, ValueError):
+    """A bad argument to a course function (a rank of 0, a NaN alpha, a fraction above 1): a CourseError, and a
+    ValueError as Python's own functions raise for bad values, so either `except` catches it."""

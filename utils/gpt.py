@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
+import uuid
 from pathlib import Path
 
 import torch
@@ -15,7 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from utils.errors import CourseError
+from utils.checks import check_field, check_int, check_number, check_tensors, load_safetensors, read_json
+from utils.errors import CourseArgumentError, CourseError
+from utils.hub import hub_errors
 
 #: The configuration the source uses to pre-train GPT-2 small from scratch (no qkv bias, dropout 0.1).
 GPT_CONFIG_124M = {
@@ -43,6 +48,23 @@ GPT2_HUB_IDS = {
     "gpt2-large (774M)": "openai-community/gpt2-large",
     "gpt2-xl (1558M)": "openai-community/gpt2-xl",
 }
+GPT_CONFIG_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias")
+
+
+def check_gpt_config(cfg, source: str = "the GPTModel config"):
+    """`cfg` unchanged if GPTModel can be built from it; else a CourseError naming the field and what to do."""
+    fix = f"a GPTModel config has the keys {GPT_CONFIG_KEYS} (see GPT_CONFIG_124M)"
+    for key in GPT_CONFIG_KEYS[:5]:
+        if check_field(cfg, key, source, kind=int, fix=fix) < 1:
+            raise CourseError(f"{source}: field {key!r} is {cfg[key]}; it must be at least 1")
+    rate = check_field(cfg, "drop_rate", source, kind=float | int, fix=fix)
+    if not 0 <= rate < 1:
+        raise CourseError(f"{source}: field 'drop_rate' is {rate}; a dropout rate lies in [0, 1)")
+    check_field(cfg, "qkv_bias", source, kind=bool, fix=fix)
+    if cfg["emb_dim"] % cfg["n_heads"]:
+        raise CourseError(f"{source}: emb_dim={cfg['emb_dim']} is not a multiple of n_heads={cfg['n_heads']}; each "
+                          "head takes emb_dim / n_heads of the dimensions: change one of them")
+    return cfg
 
 
 class MultiHeadAttention(nn.Module):
@@ -141,6 +163,7 @@ class TransformerBlock(nn.Module):
 class GPTModel(nn.Module):
     def __init__(self, cfg):
         super().__init__()
+        check_gpt_config(cfg)  # a missing key or an impossible size: a message, not a KeyError halfway through
         self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
         self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
         self.drop_emb = nn.Dropout(cfg["drop_rate"])
@@ -150,6 +173,9 @@ class GPTModel(nn.Module):
 
     def forward(self, in_idx):
         batch_size, seq_len = in_idx.shape
+        if seq_len > self.pos_emb.num_embeddings:  # positions beyond the context have no embedding
+            raise CourseArgumentError(f"a sequence of {seq_len} tokens is longer than the model's context_length "
+                                      f"({self.pos_emb.num_embeddings}); shorten it (allowed_max_length, context_size)")
         tok_embeds = self.tok_emb(in_idx)  # [batch, seq, emb]
         pos_embeds = self.pos_emb(torch.arange(seq_len, device=in_idx.device))  # [seq, emb]
         x = self.drop_emb(tok_embeds + pos_embeds)
@@ -169,6 +195,10 @@ def token_ids_to_text(token_ids, tokenizer):
 
 
 def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None):
+    check_int("max_new_tokens", max_new_tokens, minimum=0)
+    check_int("context_size", context_size, minimum=1)
+    check_number("temperature", temperature, minimum=0)
+    check_int("top_k", top_k, minimum=1, optional=True)
     for _ in range(max_new_tokens):
         idx_cond = idx[:, -context_size:]  # crop to the context the model supports
         with torch.no_grad():
@@ -196,6 +226,7 @@ def calc_loss_batch(input_batch, target_batch, model, device):
 
 
 def calc_loss_loader(data_loader, model, device, num_batches=None):
+    check_int("num_batches", num_batches, minimum=1, optional=True)
     total_loss = 0.0
     if len(data_loader) == 0:
         return float("nan")
@@ -212,14 +243,18 @@ def calc_loss_loader(data_loader, model, device, num_batches=None):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def config_from_hf(hf_config: dict, drop_rate: float = 0.0) -> dict:
+def config_from_hf(hf_config: dict, drop_rate: float = 0.0, source: str = "config.json") -> dict:
     """The GPTModel config of a GPT2LMHeadModel checkpoint's config.json (any size, the tiny smoke ones too)."""
-    missing = [key for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head") if key not in hf_config]
-    if missing:
-        raise CourseError(f"config.json lacks {missing}: is this a GPT-2 (GPT2LMHeadModel) checkpoint?")
+    check_number("drop_rate", drop_rate, minimum=0, maximum=0.99, hint="a dropout rate lies in [0, 1)")
+    if not isinstance(hf_config, dict):
+        raise CourseError(f"{source}: expected a JSON object of the model's settings, got a {type(hf_config).__name__}; "
+                          "pass a GPT2LMHeadModel checkpoint folder")
+    for key in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+        check_field(hf_config, key, source, kind=int, fix="is this a GPT-2 (GPT2LMHeadModel) checkpoint?")
     if hf_config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise CourseError(f"activation {hf_config['activation_function']!r}: GPTModel implements GPT-2's tanh GELU only")
-    return {
+        raise CourseError(f"{source}: activation {hf_config['activation_function']!r}: GPTModel implements GPT-2's "
+                          "tanh GELU only")
+    return check_gpt_config({
         "vocab_size": hf_config["vocab_size"],
         "context_length": hf_config["n_positions"],
         "emb_dim": hf_config["n_embd"],
@@ -227,7 +262,7 @@ def config_from_hf(hf_config: dict, drop_rate: float = 0.0) -> dict:
         "n_layers": hf_config["n_layer"],
         "drop_rate": drop_rate,
         "qkv_bias": True,
-    }
+    }, source)
 
 
 def resolve_checkpoint(model_id_or_path: str | os.PathLike) -> Path:
@@ -237,14 +272,10 @@ def resolve_checkpoint(model_id_or_path: str | os.PathLike) -> Path:
         return path
     from huggingface_hub import snapshot_download
 
-    try:
+    with hub_errors(model_id_or_path):  # offline, unknown id, no token: a CourseError that says what to do
         # the model's config and safetensors weights only (the Hub repos also hold TF, Flax, ONNX and pickle files)
         return Path(snapshot_download(str(model_id_or_path),
                                       allow_patterns=["config.json", "model*.safetensors", "model.safetensors.index.json"]))
-    except Exception as exc:  # offline, unknown id, no token: say what to do
-        raise CourseError(f"could not fetch {model_id_or_path!r} from the Hugging Face Hub ({type(exc).__name__}: {exc}); "
-                          "check the id and your connection, or pass a local folder with config.json and "
-                          "model.safetensors") from exc
 
 
 def hf_to_gpt_state_dict(hf: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
@@ -278,26 +309,26 @@ def hf_to_gpt_state_dict(hf: dict[str, torch.Tensor], n_layers: int) -> dict[str
 
 def load_gpt2(model_id_or_path: str | os.PathLike, drop_rate: float = 0.0, device="cpu") -> tuple[GPTModel, dict]:
     """GPTModel with the weights of a GPT2LMHeadModel checkpoint (a Hub id such as "openai-community/gpt2-medium",
-    or a local folder), in fp32 and eval mode; returns (model, config)."""
-    from safetensors.torch import load_file
-
+    or a local folder), in fp32 and eval mode; returns (model, config). A checkpoint that does not fit (a bad
+    config.json, a truncated weights file, missing or mis-shaped tensors) is a CourseError naming the file."""
     folder = resolve_checkpoint(model_id_or_path)
     config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise CourseError(f"{folder} has no config.json: pass a GPT2LMHeadModel checkpoint folder or Hub id")
-    cfg = config_from_hf(json.loads(config_file.read_text(encoding="utf-8")), drop_rate=drop_rate)
+    cfg = config_from_hf(read_json(config_file), drop_rate=drop_rate, source=str(config_file))
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise CourseError(f"{folder} has no *.safetensors weights (the course loads nothing with pickle)")
     hf: dict[str, torch.Tensor] = {}
     for file in files:
-        hf.update(load_file(str(file)))
-    state = hf_to_gpt_state_dict({k: v.float() for k, v in hf.items()}, cfg["n_layers"])
+        hf.update(load_safetensors(file))
+    try:
+        state = hf_to_gpt_state_dict({k: v.float() for k, v in hf.items()}, cfg["n_layers"])
+    except KeyError as exc:
+        raise CourseError(f"{folder}: the weights have no tensor {exc.args[0]!r}; is this a GPT2LMHeadModel checkpoint "
+                          f"with the {cfg['n_layers']} layers its config.json says?") from None
     with torch.device("meta"):
         model = GPTModel(cfg)  # no memory, no random init: load_state_dict(assign=True) brings the weights
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    if missing or unexpected:
-        raise CourseError(f"the checkpoint at {folder} does not fit GPTModel: missing {missing}, unexpected {unexpected}")
+    check_tensors(state, model.state_dict(), f"the checkpoint at {folder}")  # names and shapes, before loading
+    model.load_state_dict(state, assign=True)
     return model.to(device).eval(), cfg
 
 
@@ -315,36 +346,92 @@ def evaluate_model(model, train_loader, val_loader, device, eval_iter):
     return train_loss, val_loss
 
 
+#: The files of a checkpoint written before saves were atomic (one fixed name each).
+_LEGACY_FILES = {"model": "model.safetensors", "optimizer": "optimizer.pt", "rng": "rng.safetensors"}
+#: Every file a checkpoint folder may hold besides state.json: what a save may delete once its own are in place.
+_CHECKPOINT_FILE = re.compile(r"(model|rng)(-[\w-]+)?\.safetensors|optimizer(-[\w-]+)?\.pt|state\.json\.[\w-]+\.tmp")
+
+
+def _sync(path: Path) -> None:
+    """Flush a file (or a folder's list of names) to the disk: a power cut cannot then leave it half written."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # Windows cannot open a folder; its renames are written through anyway
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(folder, model, optimizer, state: dict, rng: dict[str, torch.Tensor]) -> Path:
     """Write model weights (safetensors), optimizer state (a tensors-only torch file, read back with
-    weights_only=True), RNG states (safetensors) and the loop's counters (JSON) into `folder`."""
+    weights_only=True), RNG states (safetensors) and the loop's counters (JSON) into `folder`, atomically.
+
+    The new files get names of their own (model-step<N>.safetensors, ...) beside the previous checkpoint's. Once
+    they are complete on disk, state.json, which names them, is replaced in one step (os.replace); only then are
+    the previous checkpoint's files deleted. So at every moment state.json names one complete checkpoint: the
+    previous one until the replace, the new one after it. A crash leaves at most some unnamed files behind, which
+    the next save deletes."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    save_file({k: v.clone() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
-    if folder.exists():
-        for file in folder.iterdir():
-            file.unlink()
-        folder.rmdir()
-    tmp.rename(folder)  # only a complete checkpoint gets the real name
+    folder.mkdir(parents=True, exist_ok=True)
+    tag = f"step{state.get('global_step', 0)}"
+    if any(folder.glob(f"*-{tag}.*")):  # in use (by the live checkpoint, or left by a crash): never overwrite it
+        tag += f"-{uuid.uuid4().hex[:6]}"
+    files = {"model": f"model-{tag}.safetensors", "optimizer": f"optimizer-{tag}.pt", "rng": f"rng-{tag}.safetensors"}
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / files["model"]))
+    torch.save(optimizer.state_dict(), folder / files["optimizer"])
+    save_file({k: v.clone() for k, v in rng.items()}, str(folder / files["rng"]))
+    pending = folder / f"state.json.{tag}.tmp"
+    pending.write_text(json.dumps({**state, "files": files}, indent=1), encoding="utf-8")
+    for name in (*files.values(), pending.name):
+        _sync(folder / name)
+    os.replace(pending, folder / "state.json")  # the commit: one atomic rename names the new checkpoint
+    _sync(folder)
+    for path in folder.iterdir():  # the previous checkpoint's files, and any an interrupted save left behind
+        if path.name not in files.values() and _CHECKPOINT_FILE.fullmatch(path.name):
+            path.unlink(missing_ok=True)
     return folder
 
 
 def load_checkpoint(folder, model, optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Restore model and optimizer in place from `save_checkpoint`'s folder; return (state, rng)."""
-    from safetensors.torch import load_file
+    """Restore model and optimizer in place from `save_checkpoint`'s folder; return (state, rng).
 
+    Every file is read and checked against the model and the optimizer before either changes: a missing,
+    truncated or mismatched file is a CourseError naming it, and leaves both as they were."""
     folder = Path(folder)
-    if not (folder / "state.json").is_file():
-        raise CourseError(f"no complete checkpoint at {folder}; start without resume=True or pick another folder")
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    return json.loads((folder / "state.json").read_text(encoding="utf-8")), load_file(str(folder / "rng.safetensors"))
+    manifest = folder / "state.json"
+    if not manifest.is_file():
+        raise CourseError(f"no complete checkpoint at {folder} (no state.json); start without resume=True or pick "
+                          "another folder")
+    state = read_json(manifest)
+    if not isinstance(state, dict):
+        raise CourseError(f"{manifest}: expected a JSON object of the run's counters, got a {type(state).__name__}; "
+                          "the checkpoint is damaged: start without resume=True")
+    files = state.pop("files", _LEGACY_FILES)
+    for key in _LEGACY_FILES:
+        check_field(files, key, f"{manifest}, field 'files'", fix="the checkpoint is damaged: start without resume=True")
+    weights = load_safetensors(folder / files["model"])
+    rng = load_safetensors(folder / files["rng"])
+    check_tensors(weights, model.state_dict(), str(folder / files["model"]))
+    optimizer_file = folder / files["optimizer"]
+    try:
+        optimizer_state = torch.load(optimizer_file, weights_only=True)
+    except Exception as exc:  # missing, truncated, or not a tensors-only torch file
+        raise CourseError(f"{optimizer_file} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); the checkpoint "
+                          "is damaged: start without resume=True") from None
+    groups = optimizer_state.get("param_groups") if isinstance(optimizer_state, dict) else None
+    if not isinstance(groups, list) or [len(g.get("params", ())) for g in groups] != [
+            len(g["params"]) for g in optimizer.param_groups]:
+        raise CourseError(f"{optimizer_file} holds the state of an optimizer over other parameters than this one's; "
+                          "resume with the optimizer built as in the run that saved it (same parameters and groups)")
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(optimizer_state)
+    return state, rng
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -369,6 +456,14 @@ def start_run(checkpoint_dir, model, optimizer, resume: bool) -> tuple[dict, dic
     run = {"global_step": 0, "tokens_seen": 0, "epoch": 0, "step_in_epoch": 0}
     if resume:
         saved, rng = load_checkpoint(checkpoint_dir, model, optimizer)
+        where = f"{Path(checkpoint_dir) / 'state.json'}"
+        for key in run:
+            if check_field(saved, key, where, kind=int, fix="the checkpoint is damaged: start without resume=True") < 0:
+                raise CourseError(f"{where}: field {key!r} is {saved[key]}; the checkpoint is damaged")
+        check_field(saved, "log", where, kind=dict, nonempty=False, fix="the checkpoint is damaged: start without resume=True")
+        if not {"cpu", "epoch_cpu"} <= rng.keys():
+            raise CourseError(f"{where}: the checkpoint's random state lacks 'cpu' or 'epoch_cpu'; it is damaged: start "
+                              "without resume=True")
         log = saved.pop("log")
         run.update(saved)
         run["epoch_rng"] = {k.removeprefix("epoch_"): v for k, v in rng.items() if k.startswith("epoch_")}
@@ -405,8 +500,27 @@ def save_training_checkpoint(folder, model, optimizer, run: dict, log: dict, epo
     return save_checkpoint(folder, model, optimizer, state, rng)
 
 
+def check_loop_args(train_loader, num_epochs, eval_freq, eval_iter, checkpoint_dir=None, checkpoint_every=None,
+                    resume=False, stop_after_steps=None) -> None:
+    """A training loop's arguments, checked before its first step (CourseArgumentError naming the argument): a
+    frequency of 0 would divide by zero only after an optimizer step had already changed the model."""
+    check_int("num_epochs", num_epochs, minimum=1)
+    check_int("eval_freq", eval_freq, minimum=1, hint="the loop evaluates every eval_freq optimizer steps")
+    check_int("eval_iter", eval_iter, minimum=1, optional=True, hint="batches per evaluation, None for all")
+    check_int("checkpoint_every", checkpoint_every, minimum=1, optional=True)
+    check_int("stop_after_steps", stop_after_steps, minimum=1, optional=True)
+    if checkpoint_dir is None and (resume or checkpoint_every):
+        raise CourseArgumentError(f"{sys._getframe(1).f_code.co_name}(): resume=True and checkpoint_every need a "
+                                  "checkpoint_dir to read and write")
+    if len(train_loader) == 0:
+        raise CourseError("the training loader has no batches (fewer records than batch_size, with drop_last=True?): "
+                          "nothing to train on; lower the batch size or use more data")
+
+
 def train_model(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
                 checkpoint_dir=None, checkpoint_every=None, resume=False, stop_after_steps=None):
+    check_loop_args(train_loader, num_epochs, eval_freq, eval_iter, checkpoint_dir, checkpoint_every, resume,
+                    stop_after_steps)
     log, run = start_run(checkpoint_dir, model, optimizer, resume)
     model.train()
     bar = tqdm(total=num_epochs * len(train_loader), initial=run["global_step"], desc="training")

@@ -8,7 +8,6 @@ the copies identical); the rest is plumbing.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -16,7 +15,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from utils.checks import check_field, check_fraction, check_int, read_json
 from utils.errors import CourseError
+from utils.hub import hub_errors
 
 #: The data sets the chapter can train on (same schema: a JSON list of {instruction, input, output}).
 DATA_SOURCES = {
@@ -29,24 +30,22 @@ FIELDS = ("instruction", "input", "output")
 
 
 def validate_instruction_data(data, source: str = "the data") -> list[dict]:
-    """Check a list of {instruction, input, output} records; raise CourseError naming the record index and field
-    for a missing key, a non-string value, or an empty instruction or output; warn with the count of duplicates."""
+    """Check a non-empty list of {instruction, input, output} records; raise CourseError naming the source, the
+    record index and the field for a record that is not an object, a missing key, a non-string value, or an empty
+    instruction or output; warn with the count of duplicates."""
     if not isinstance(data, list):
-        raise CourseError(f"{source}: expected a JSON list of records, got {type(data).__name__}")
+        keys = f" with keys {sorted(data)[:5]}" if isinstance(data, dict) else ""
+        raise CourseError(f"{source}: expected a JSON list of records [{{\"instruction\": ..., \"input\": ..., "
+                          f"\"output\": ...}}, ...], got a {type(data).__name__}{keys}; put the records in a list")
+    if not data:
+        raise CourseError(f"{source} holds no records (an empty list): there is nothing to train on; "
+                          "pass a file with {instruction, input, output} records")
     seen, duplicates = set(), 0
     for i, record in enumerate(data):
-        if not isinstance(record, dict):
-            raise CourseError(f"{source}: record {i} is a {type(record).__name__}, expected an object with {FIELDS}")
-        for field in FIELDS:
-            if field not in record:
-                raise CourseError(f"{source}: record {i} has no {field!r} field; every record needs {FIELDS} "
-                                  "(use \"\" for an empty input)")
-            if not isinstance(record[field], str):
-                raise CourseError(f"{source}: record {i} field {field!r} is a {type(record[field]).__name__}, "
-                                  "expected a string")
-        for field in ("instruction", "output"):
-            if not record[field].strip():
-                raise CourseError(f"{source}: record {i} field {field!r} is empty; fix or remove the record")
+        where = f"{source}, record {i}"
+        for field in FIELDS:  # "" is a fine input (no input); instruction and output must say something
+            check_field(record, field, where, nonempty=field != "input",
+                        fix=f"every record needs {FIELDS} (use \"\" for an empty input)")
         key = tuple(record[field] for field in FIELDS)
         duplicates += key in seen
         seen.add(key)
@@ -57,18 +56,19 @@ def validate_instruction_data(data, source: str = "the data") -> list[dict]:
 
 
 def load_instruction_data(path_or_name: str | os.PathLike) -> list[dict]:
-    """The validated records of a local JSON file, or of one of `DATA_SOURCES` by name (downloaded once, cached)."""
+    """The validated records of a local UTF-8 JSON (or JSON Lines) file, or of one of `DATA_SOURCES` by name
+    (downloaded once, cached). Bad encoding, syntax, structure or records are a CourseError naming the file, the
+    record and the field."""
     if str(path_or_name) in DATA_SOURCES:
         from utils.download import download
 
         path = download(DATA_SOURCES[str(path_or_name)], f"{path_or_name}.json")
     else:
         path = Path(path_or_name)
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CourseError(f"could not read instruction data from {path}: {exc}") from exc
-    return validate_instruction_data(data, source=str(path))
+        if not path.exists():
+            raise CourseError(f"{path}: no such file; pass the path of a JSON file of {{instruction, input, output}} "
+                              f"records, or one of the named data sets: {', '.join(DATA_SOURCES)}")
+    return validate_instruction_data(read_json(path), source=str(path))
 
 
 def format_input(entry):
@@ -82,12 +82,20 @@ def format_input(entry):
 
 
 def split_data(data, train_frac=0.85, test_frac=0.10):
+    check_fraction("train_frac", train_frac)
+    check_fraction("test_frac", test_frac)
+    check_fraction("train_frac + test_frac", round(train_frac + test_frac, 9), hint="validation gets the rest")
     # The source's order: the first 85% train, the next 10% test, the rest (5%) validation
     train_portion = int(len(data) * train_frac)
     test_portion = int(len(data) * test_frac)
     train_data = data[:train_portion]
     test_data = data[train_portion:train_portion + test_portion]
     val_data = data[train_portion + test_portion:]
+    for name, split, frac in (("train", train_data, train_frac), ("test", test_data, test_frac),
+                              ("validation", val_data, 1 - train_frac - test_frac)):
+        if frac > 1e-9 and not split:  # a split that was asked for but got no record
+            raise CourseError(f"split_data: {len(data)} records leave the {name} split empty at train_frac={train_frac}, "
+                              f"test_frac={test_frac}; use more records or change the fractions")
     return train_data, test_data, val_data
 
 
@@ -112,6 +120,8 @@ class InstructionDataset(Dataset):
 
 
 def custom_collate_fn(batch, pad_token_id=50256, ignore_index=-100, allowed_max_length=None, device="cpu"):
+    check_int("pad_token_id", pad_token_id, minimum=0, hint="GPT-2 pads with its <|endoftext|> id, 50256")
+    check_int("allowed_max_length", allowed_max_length, minimum=1, optional=True)
     # Items are token lists, or (instruction_length, token list) pairs to mask the prompt's targets too
     items = [item if isinstance(item, tuple) else (0, item) for item in batch]
     batch_max_length = max(len(tokens) + 1 for _, tokens in items)  # +1: the <|endoftext|> appended below
@@ -141,11 +151,8 @@ class Tokenizer:
     def __init__(self, name_or_path: str | os.PathLike):
         from transformers import AutoTokenizer
 
-        try:
+        with hub_errors(name_or_path, kind="tokenizer"):
             self.hf = AutoTokenizer.from_pretrained(str(name_or_path))
-        except OSError as exc:
-            raise CourseError(f"no tokenizer at {name_or_path!r} ({exc}); without network use smoke mode "
-                              "(COURSE_SMOKE=1)") from exc
         if self.hf.eos_token_id is None:
             raise CourseError(f"the tokenizer of {name_or_path!r} has no end-of-text token")
         self.eos_id = self.hf.eos_token_id  # also the padding id: GPT-2 has no pad token

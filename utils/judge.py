@@ -12,7 +12,9 @@ import urllib.error
 import urllib.request
 from collections import Counter
 
-from utils.instruction_data import format_input
+from utils.checks import check_field
+from utils.errors import CourseError
+from utils.instruction_data import FIELDS, format_input
 
 OLLAMA_URL = "http://localhost:11434"
 
@@ -76,12 +78,24 @@ def query_model(prompt: str, model: str = "llama3.2", url: str = OLLAMA_URL, tim
                "options": {"seed": 123, "temperature": 0, "num_ctx": 2048}}
     request = urllib.request.Request(url.rstrip("/") + "/api/chat", data=json.dumps(payload).encode("utf-8"),
                                      headers={"Content-Type": "application/json"}, method="POST")
-    with _opener().open(request, timeout=timeout_s) as response:
-        body = response.read().decode("utf-8")
+    try:
+        with _opener().open(request, timeout=timeout_s) as response:
+            body = response.read().decode("utf-8")
+    except urllib.error.HTTPError as exc:  # 404: the model is not pulled
+        raise CourseError(f"the Ollama server at {url} answered {exc.code} {exc.reason} for model {model!r}: run "
+                          f"`ollama pull {model}`, or pass another model=") from None
+    except (OSError, UnicodeDecodeError) as exc:  # the server went away, timed out, or answered garbage
+        raise CourseError(f"no reply from the Ollama server at {url} ({type(exc).__name__}: {exc}); check that "
+                          "`ollama serve` still runs") from None
     reply = ""
-    for line in body.splitlines():  # one JSON object, or one per line when the server streams anyway
+    for number, line in enumerate(body.splitlines(), start=1):  # one object, or one per line when it streams
         if line.strip():
-            reply += json.loads(line).get("message", {}).get("content", "")
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:
+                raise CourseError(f"the Ollama server at {url} sent a reply that is not JSON (line {number}: "
+                                  f"{line[:80]!r}); is it an Ollama server?") from None
+            reply += (message.get("message") or {}).get("content", "") if isinstance(message, dict) else ""
     return reply
 
 
@@ -91,16 +105,35 @@ def judge_prompt(entry: dict, response_key: str = "model_response") -> str:
             "Respond with the integer number only.")
 
 
+#: A number, optionally a fraction of another ("7/10", "7 out of 10"), as a judge may write its score.
+_SCORE = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)(?:\s*(?:/|out of)\s*(\d+(?:\.\d+)?))?", re.IGNORECASE)
+
+
 def parse_score(reply: str) -> int | None:
-    """The first integer in the judge's reply, if it lies in 0-100."""
-    match = re.search(r"\d+", reply)
-    return int(match.group()) if match and 0 <= int(match.group()) <= 100 else None
+    """The judge's score on the 0-100 scale, when its reply holds exactly one number: as it is ("85", "Score:
+    85%"), or scaled from a fraction ("7/10" and "7 out of 10" are 70, "85/100" is 85). None when there is no
+    number, more than one (which would be a guess), or one outside 0-100 (or outside its fraction)."""
+    matches = _SCORE.findall(reply) if isinstance(reply, str) else []
+    if len(matches) != 1:
+        return None
+    value, total = float(matches[0][0]), matches[0][1]
+    if total:
+        if float(total) <= 0 or not 0 <= value <= float(total):
+            return None
+        value = 100 * value / float(total)
+    return round(value) if 0 <= value <= 100 else None
 
 
 def generate_model_scores(entries: list[dict], response_key: str = "model_response", model: str = "llama3.2",
                           url: str = OLLAMA_URL) -> list[int] | None:
     """A 0-100 score per response from an Ollama judge; None (with a message saying how to get one) when no
     server answers. Replies without a usable number are reported and left out."""
+    if not isinstance(entries, list) or not entries:
+        raise CourseError(f"generate_model_scores: entries must be a non-empty list of records, got {entries!r:.60}")
+    for i, entry in enumerate(entries):  # checked before the first request: the judge is slow
+        for name in (*FIELDS, response_key):
+            check_field(entry, name, f"entry {i}", nonempty=False,
+                        fix=f"each entry needs {FIELDS} and the response to judge under {response_key!r}")
     if not ollama_available(url):
         print(f"No Ollama server at {url}: skipping the LLM judge (the deterministic scores above stand). To use it: "
               f"install Ollama (https://ollama.com), run `ollama serve` and `ollama pull {model}`, then rerun this cell.")
@@ -110,7 +143,7 @@ def generate_model_scores(entries: list[dict], response_key: str = "model_respon
         reply = query_model(judge_prompt(entry, response_key), model=model, url=url)
         score = parse_score(reply)
         if score is None:
-            print(f"entry {i}: the judge's reply has no score 0-100: {reply[:80]!r}")
+            print(f"entry {i}: the judge's reply has no single score 0-100 (left out): {reply[:80]!r}")
         else:
             scores.append(score)
     return scores

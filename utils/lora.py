@@ -10,10 +10,14 @@ import math
 
 import torch
 
+from utils.checks import check_int, check_number
+
 
 class LoRALayer(torch.nn.Module):
     def __init__(self, in_dim, out_dim, rank, alpha):
         super().__init__()
+        check_int("rank", rank, minimum=1)  # alpha / rank below: a rank of 0 has no update to scale
+        check_number("alpha", alpha)  # a NaN or infinite alpha would make every output NaN
         self.A = torch.nn.Parameter(torch.empty(in_dim, rank))
         torch.nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # random, like a Linear layer's default init
         self.B = torch.nn.Parameter(torch.zeros(rank, out_dim))  # zero: the update B A starts at zero
@@ -36,6 +40,8 @@ class LinearWithLoRA(torch.nn.Module):
 
 
 def replace_linear_with_lora(model, rank, alpha):
+    check_int("rank", rank, minimum=1)  # checked before any layer is replaced
+    check_number("alpha", alpha)
     for name, module in model.named_children():
         if isinstance(module, torch.nn.Linear):
             setattr(model, name, LinearWithLoRA(module, rank, alpha))  # wrap the Linear layer

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from utils.checks import check_choice, check_int, check_names
+from utils.errors import CourseArgumentError
+
 GIB = 2**30
 #: The CUDA context plus cuBLAS workspaces and the caching allocator's slack: an estimate (typically 0.3-0.8 GiB).
 CUDA_CONTEXT_BYTES = GIB // 2
@@ -43,11 +46,15 @@ def budget_parameter_counts(model, target_modules=("query_key_value",), lora_r: 
 
     bitsandbytes (through transformers) quantizes the weight of every `nn.Linear` except the output head;
     biases stay in the compute dtype. Tied parameters (BLOOM's lm_head is its input embedding) count once.
+    A target the model has no linear layer for is a CourseError (its LoRA term would silently be 0).
     """
     import torch
 
+    check_int("lora_r", lora_r, minimum=0, hint="0: no LoRA (a full fine-tune or inference)")
+    target_modules = check_names("target_modules", target_modules) if lora_r else list(target_modules or ())
     head = model.get_output_embeddings()
     quantized = rows = lora = 0
+    found, linears = set(), set()
     for name, module in model.named_modules():
         is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
         if not is_linear or module is head or ".lora_" in name:  # a peft model's own adapters are not frozen weights
@@ -55,8 +62,15 @@ def budget_parameter_counts(model, target_modules=("query_key_value",), lora_r: 
         quantized += module.in_features * module.out_features
         rows += module.out_features
         parts = name.split(".")
-        if (parts[-2] if parts[-1] == "base_layer" and len(parts) > 1 else parts[-1]) in target_modules:  # peft wraps
+        leaf = parts[-2] if parts[-1] == "base_layer" and len(parts) > 1 else parts[-1]  # peft wraps the linear
+        linears.add(leaf)
+        if leaf in target_modules:
             lora += lora_r * (module.in_features + module.out_features)
+            found.add(leaf)
+    missing = [t for t in target_modules if t not in found] if lora_r else []
+    if missing:
+        raise CourseArgumentError(f"target_modules {missing} are not linear layers of {type(model).__name__} (its linear layers: "
+                          f"{sorted(linears)}); their LoRA term would be 0: name the model's own modules")
     total = sum(p.numel() for p in model.parameters())  # tied weights once
     # A quantized Params4bit reports half its element count (two 4-bit values per byte): count real models' way.
     for module in model.modules():
@@ -81,6 +95,8 @@ def quantization_constant_bits(blocksize: int = 64, double_quant: bool = True, b
     One fp32 absmax per block of `blocksize` weights: 32 / 64 = 0.5 bits. Double quantization stores those
     absmaxes in 8 bits, with one fp32 constant per `blocksize2` of them: 8 / 64 + 32 / (64 * 256) = 0.127 bits.
     """
+    check_int("blocksize", blocksize, minimum=1)
+    check_int("blocksize2", blocksize2, minimum=1)
     if double_quant:
         return 8 / blocksize + 32 / (blocksize * blocksize2)
     return 32 / blocksize
@@ -132,8 +148,14 @@ def memory_budget(
     fp32 log-softmax that cross-entropy keeps for backward. trainable_bytes: 16 for fp32 LoRA weights with fp32
     gradients and AdamW moments (trl >= 1.x casts a quantized model's adapters to bf16, which makes it 8).
     """
-    if weight_bits not in (4, 8, 16, 32):
-        raise ValueError(f"weight_bits={weight_bits}: use 4 (NF4), 8 (int8), 16 or 32 (not quantized)")
+    check_choice("weight_bits", weight_bits, (4, 8, 16, 32), hint="4 (NF4), 8 (int8), 16 or 32 (not quantized)")
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("seq_len", seq_len, minimum=1)
+    check_int("blocksize", blocksize, minimum=1)
+    check_choice("unquantized_bytes", unquantized_bytes, (1, 2, 4, 8), hint="2 for fp16/bf16, 4 for fp32")
+    check_choice("activation_bytes", activation_bytes, (1, 2, 4, 8), hint="2 in fp16/bf16 autocast, 4 in fp32")
+    check_int("cuda_context_bytes", cuda_context_bytes, minimum=0)
+    check_int("trainable_bytes", trainable_bytes, minimum=1)
     n = budget_parameter_counts(model, target_modules=target_modules, lora_r=lora_r)
     s, b, h, a = seq_len, batch_size, n.hidden, n.heads
     quantized = weight_bits < 16

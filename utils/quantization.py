@@ -12,17 +12,22 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.checks import check_int, check_number
 from utils.errors import CourseError
 
 
 def quantize_symmetric(x, bits, max_abs=1.0):
     """Round `x` to signed integers of `bits` bits: scale by (2**(bits-1) - 1) / max_abs, round, clip."""
+    check_int("bits", bits, minimum=2, maximum=32)  # 1 bit leaves no level but 0 in this symmetric scheme
+    check_number("max_abs", max_abs, above=0)
     levels = 2 ** (bits - 1) - 1  # 7 at 4 bits, 127 at 8 bits
     return np.clip(np.round(np.asarray(x, dtype=np.float64) * levels / max_abs), -levels, levels).astype(np.int64)
 
 
 def dequantize_symmetric(q, bits, max_abs=1.0):
     """Map integers of `bits` bits back to floats: the inverse scale of `quantize_symmetric`."""
+    check_int("bits", bits, minimum=2, maximum=32)
+    check_number("max_abs", max_abs, above=0)
     return np.asarray(q, dtype=np.float64) * max_abs / (2 ** (bits - 1) - 1)
 
 
@@ -31,32 +36,29 @@ def load_prompt_dataset(source, column="prompt", limit=None):
     prompt/completion pair, so the plain text must be called `text`).
 
     `source` is a local .csv/.json/.jsonl file or a Hub dataset id (e.g. "fka/awesome-chatgpt-prompts");
-    `limit` keeps the first rows. A missing column, an empty dataset or an empty record is a CourseError.
+    `limit` keeps the first rows. Bad input is a CourseError naming the file, the record and the field: a file
+    that is not UTF-8 or not a list of records, a ragged CSV row, no records, a missing, empty or non-text field.
     """
-    from datasets import load_dataset
+    from itertools import islice
 
-    path = Path(source)
-    try:
-        if path.suffix in {".csv", ".json", ".jsonl"}:
-            if not path.is_file():
-                raise CourseError(f"prompt file {path} does not exist")
-            data = load_dataset("csv" if path.suffix == ".csv" else "json", data_files=str(path), split="train")
-        else:
-            data = load_dataset(str(source), split="train")
-    except ValueError as exc:  # datasets' way of saying a file holds no rows
-        raise CourseError(f"dataset {source} has no records ({exc}): nothing to train on") from exc
-    if column not in data.column_names:
-        raise CourseError(f"dataset {source} has no column {column!r} (its columns: {data.column_names}); "
-                          f"pass column= with the one that holds the prompt text")
-    if limit is not None:
-        data = data.select(range(min(limit, len(data))))
-    if len(data) == 0:
+    from datasets import Dataset, load_dataset
+
+    from utils.checks import Record, check_field, check_int, read_records
+    from utils.hub import hub_errors
+
+    check_int("limit", limit, minimum=1, optional=True)
+    if Path(source).suffix in {".csv", ".json", ".jsonl"} or Path(source).exists():
+        records = read_records(source)  # checked: UTF-8, one object per record, no ragged CSV row, not empty
+    else:
+        with hub_errors(source, kind="dataset"):
+            rows = load_dataset(str(source), split="train")
+        records = [Record(f"record {i}", row) for i, row in enumerate(rows)]
+    texts = [check_field(record.fields, column, f"{source}, {record.place}",
+                         fix="pass column= with the one that holds the prompt text")
+             for record in islice(records, limit)]
+    if not texts:
         raise CourseError(f"dataset {source} has no records: nothing to train on")
-    for i, value in enumerate(data[column]):
-        if not isinstance(value, str) or not value.strip():
-            raise CourseError(f"dataset {source}, record {i}: field {column!r} is empty or not text ({value!r})")
-    data = data.select_columns([column])
-    return data if column == "text" else data.rename_column(column, "text")
+    return Dataset.from_dict({"text": texts})
 
 
 def check_target_modules(model, target_modules):

@@ -21,7 +21,14 @@ import torch
 from tqdm.auto import tqdm
 
 from utils.errors import CourseError
-from utils.gpt import calc_loss_batch, epoch_batches, evaluate_model, save_training_checkpoint, start_run
+from utils.gpt import (
+    calc_loss_batch,
+    check_loop_args,
+    epoch_batches,
+    evaluate_model,
+    save_training_checkpoint,
+    start_run,
+)
 
 
 def validate_schedule(total_steps, warmup_steps, initial_lr, peak_lr, min_lr):
@@ -114,6 +121,8 @@ def scheduled_update(model, optimizer, input_batch, target_batch, device, step, 
 def train_with_schedule(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter, *,
                         peak_lr, initial_lr, min_lr, warmup_fraction=0.2, max_norm=1.0,
                         checkpoint_dir=None, checkpoint_every=None, resume=False, stop_after_steps=None):
+    check_loop_args(train_loader, num_epochs, eval_freq, eval_iter, checkpoint_dir, checkpoint_every, resume,
+                    stop_after_steps)
     total_steps, warmup_steps = count_steps(len(train_loader), num_epochs, warmup_fraction)
     validate_schedule(total_steps, warmup_steps, initial_lr, peak_lr, min_lr)  # before any training
     if max_norm is not None and not max_norm > 0:

@@ -13,13 +13,79 @@ import re
 import string
 from pathlib import Path
 
+from utils.checks import check_field, check_fraction, check_int, read_json
 from utils.errors import CourseError
+from utils.hub import hub_errors
 
 INSTRUCTION = "Read the context and question to find the correct answer."
 NO_ANSWER = "answers not in context"
 
 
 # ---------------------------------------------------------------- data: records, prompt, tokens, batches
+
+
+def check_squad_fields(record, where: str) -> None:
+    """CourseError naming `where` and the field unless `record` is a flat SQuAD record with every field of its type:
+    id, title, context, question (strings) and answers {text: [str], answer_start: [int >= 0]} of equal lengths."""
+    for name in ("id", "title", "context", "question"):
+        check_field(record, name, where, nonempty=name == "id")
+    answers = check_field(record, "answers", where, kind=dict, nonempty=False)
+    texts = check_field(answers, "text", f"{where}, field 'answers'", kind=list, nonempty=False)
+    starts = check_field(answers, "answer_start", f"{where}, field 'answers'", kind=list, nonempty=False)
+    if len(texts) != len(starts):
+        raise CourseError(f"{where}: field 'answers' has {len(texts)} text(s) but {len(starts)} answer_start(s); "
+                          "each answer needs its start offset")
+    for i, (text, start) in enumerate(zip(texts, starts, strict=True)):
+        if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise CourseError(f"{where}: answers.text[{i}]={text!r} and answers.answer_start[{i}]={start!r} must be a "
+                              "string and a character offset (an integer >= 0)")
+
+
+def _check_official_layout(squad: dict, path: Path) -> int:
+    """The number of questions of an official SQuAD JSON, every article, paragraph, question and answer checked."""
+    fix = 'the official SQuAD layout is {"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}'
+    questions = 0
+    for a, article in enumerate(check_field(squad, "data", str(path), kind=list, nonempty=False, fix=fix)):
+        at = f"{path}: data[{a}]"
+        check_field(article, "title", at, nonempty=False)
+        for p, paragraph in enumerate(check_field(article, "paragraphs", at, kind=list, nonempty=False, fix=fix)):
+            pt = f"{at}.paragraphs[{p}]"
+            check_field(paragraph, "context", pt, nonempty=False)
+            for q, qa in enumerate(check_field(paragraph, "qas", pt, kind=list, nonempty=False, fix=fix)):
+                qt = f"{pt}.qas[{q}]" + (f" (id {qa['id']!r})" if isinstance(qa, dict) and "id" in qa else "")
+                check_field(qa, "id", qt)
+                check_field(qa, "question", qt, nonempty=False)
+                impossible = check_field(qa, "is_impossible", qt, kind=bool) if "is_impossible" in qa else False
+                for k, answer in enumerate(check_field(qa, "answers", qt, kind=list, nonempty=False)):
+                    if not impossible:
+                        check_field(answer, "text", f"{qt}.answers[{k}]", nonempty=False)
+                        if check_field(answer, "answer_start", f"{qt}.answers[{k}]", kind=int) < 0:
+                            raise CourseError(f"{qt}.answers[{k}]: field 'answer_start' is negative; it is a character "
+                                              "offset into the context")
+                questions += 1
+    return questions
+
+
+def read_squad_file(path: str | os.PathLike):
+    """A local SQuAD file, read and checked: the official JSON layout ({"data": [...]}, returned as it is) or the
+    Hub's flat records (a JSON list or JSON Lines of {id, title, context, question, answers}, returned as a list).
+    Bad encoding, syntax or structure, a missing or mistyped field, or no question at all is a CourseError naming
+    the file, the record and the field."""
+    path = Path(path)
+    squad = read_json(path)
+    if isinstance(squad, dict):
+        questions = _check_official_layout(squad, path)
+    elif isinstance(squad, list):
+        for i, record in enumerate(squad):
+            rid = f" (id {record['id']!r})" if isinstance(record, dict) and "id" in record else ""
+            check_squad_fields(record, f"{path}, record {i}{rid}")
+        questions = len(squad)
+    else:
+        raise CourseError(f"{path}: a JSON {type(squad).__name__}; expected the official SQuAD layout "
+                          '{"data": [...]} or a list of flat records [{"id", "context", "question", "answers"}, ...]')
+    if not questions:
+        raise CourseError(f"{path} holds no questions: nothing to train or evaluate on")
+    return squad
 
 
 def flatten_squad(squad: dict) -> list[dict]:
@@ -43,16 +109,19 @@ def flatten_squad(squad: dict) -> list[dict]:
 
 
 def load_squad(source: str | os.PathLike, split: str, n: int | None = None, seed: int = 0) -> list[dict]:
-    """`n` shuffled records of one split: from the Hub (`source` a dataset id such as "rajpurkar/squad_v2")
-    or from a local file in the official JSON layout (`source` a path; `split` is then only a label)."""
-    import json
-
+    """`n` shuffled records of one split: from the Hub (`source` a dataset id such as "rajpurkar/squad_v2") or from
+    a local file (`source` a path; `split` is then only a label) in the official JSON layout or as the Hub's flat
+    records. A bad file is a CourseError naming the record and the field."""
     from datasets import Dataset, load_dataset
 
-    if Path(source).is_file():
-        dataset = Dataset.from_list(flatten_squad(json.loads(Path(source).read_text(encoding="utf-8"))))
+    check_int("n", n, minimum=1, optional=True)
+    check_int("seed", seed, minimum=0)
+    if Path(source).suffix in {".json", ".jsonl"} or Path(source).exists():
+        squad = read_squad_file(source)  # checked: UTF-8, either layout, every field there with its type
+        dataset = Dataset.from_list(flatten_squad(squad) if isinstance(squad, dict) else squad)
     else:
-        dataset = load_dataset(str(source), split=split)
+        with hub_errors(source, kind="dataset"):
+            dataset = load_dataset(str(source), split=split)
     dataset = dataset.shuffle(seed=seed)
     if n is not None:
         dataset = dataset.select(range(min(n, len(dataset))))
@@ -74,8 +143,10 @@ def target_text(record: dict) -> str:
 
 
 def check_record(record: dict) -> None:
-    """Raise CourseError, naming the record, for an empty context or an answer_start that does not point at its text."""
-    rid = record.get("id", "?")
+    """Raise CourseError, naming the record, for a missing or mistyped field, an empty context or question, or an
+    answer_start that does not point at its text."""
+    rid = record.get("id", "?") if isinstance(record, dict) else "?"
+    check_squad_fields(record, f"record {rid}")  # every field there, with its type
     if not record["context"].strip():
         raise CourseError(f"record {rid}: field 'context' is empty; there is nothing to read the answer from")
     if not record["question"].strip():
@@ -106,6 +177,8 @@ def encode_example(record: dict, tokenizer, max_length: int, with_answer: bool =
 
     labels are -100 on the prompt (no loss there) and the token ids on the answer and end-of-text. When the prompt
     is too long only the context is cut: around the answer when training on one, else from the end."""
+    check_int("max_length", max_length, minimum=1, maximum=getattr(tokenizer, "model_max_length", None),
+              hint="the model has no position embeddings past its context (tokenizer.model_max_length)")
     check_record(record)
     head, context, tail = prompt_parts(record)
     head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
@@ -135,6 +208,11 @@ def encode_records(records: list[dict], tokenizer, max_length: int, with_answer:
                    max_skip_fraction: float = 0.01) -> tuple[list[dict], list[str]]:
     """Encode every record; a bad one is skipped and its message (naming the record) kept, so the caller can print
     the count. More than `max_skip_fraction` bad records means the data, not a record, is wrong: that fails."""
+    check_int("max_length", max_length, minimum=1, maximum=getattr(tokenizer, "model_max_length", None),
+              hint="the model has no position embeddings past its context (tokenizer.model_max_length)")
+    check_fraction("max_skip_fraction", max_skip_fraction)
+    if not records:
+        raise CourseError("encode_records: no records to encode; check the data source and the slice sizes")
     encoded, skipped = [], []
     for record in records:
         try:
@@ -150,6 +228,9 @@ def encode_records(records: list[dict], tokenizer, max_length: int, with_answer:
 def collate_squad_batch(batch: list[dict], pad_token_id: int) -> dict:
     """Pad a batch to its longest example (right padding): pad ids in input_ids, 0 in attention_mask, -100 in labels."""
     import torch
+
+    check_int("pad_token_id", pad_token_id, minimum=0, hint="GPT-J has no pad token: set tokenizer.pad_token = "
+              "tokenizer.eos_token (padding is masked out of attention and loss)")
 
     longest = max(len(example["input_ids"]) for example in batch)
     input_ids = torch.full((len(batch), longest), pad_token_id, dtype=torch.long)
@@ -176,6 +257,8 @@ def normalize_answer(text: str) -> str:
 
 def _gold_list(gold_answers: list[str]) -> list[str]:
     """The official script's gold list: answers that normalise to nothing are dropped; none left means "no answer" ("")."""
+    if isinstance(gold_answers, str) or not all(isinstance(a, str) for a in gold_answers):
+        raise CourseError(f"gold answers must be a list of strings (record['answers']['text']), got {gold_answers!r}")
     return [a for a in gold_answers if normalize_answer(a)] or [""]
 
 
@@ -210,6 +293,12 @@ def answer_from_generation(text: str) -> str:
 def squad_v2_scores(predictions: dict[str, str], records: list[dict]) -> dict[str, dict[str, float]]:
     """Exact match and F1 in percent, overall and split into questions with an answer (HasAns) and without (NoAns).
     `predictions` maps record id -> answer text ("" for no answer); a record without a prediction is an error."""
+    if not records:
+        raise CourseError("squad_v2_scores: no records to score")
+    wrong = [(k, v) for k, v in predictions.items() if not isinstance(v, str)]
+    if wrong:
+        raise CourseError(f"prediction for record {wrong[0][0]!r} is {wrong[0][1]!r}; each prediction is the answer "
+                          "text, \"\" for no answer")
     missing = [r["id"] for r in records if r["id"] not in predictions]
     if missing:
         raise CourseError(f"no prediction for {len(missing)} record(s), first: {missing[0]}")

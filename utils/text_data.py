@@ -11,6 +11,10 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from utils.checks import check_int
+from utils.errors import CourseArgumentError
+from utils.hub import hub_errors
+
 GPT2_TOKENIZER_ID = "openai-community/gpt2"
 
 
@@ -27,8 +31,11 @@ class GPTDatasetV1(Dataset):
     """Every window of `max_length` tokens, `stride` tokens apart; the target is the input shifted by one token."""
 
     def __init__(self, txt: str, tokenizer, max_length: int, stride: int):
-        if max_length < 1 or stride < 1:
-            raise ValueError(f"max_length ({max_length}) and stride ({stride}) must be positive")
+        check_int("max_length", max_length, minimum=1)
+        check_int("stride", stride, minimum=1)
+        if not isinstance(txt, str):
+            raise CourseArgumentError(f"GPTDatasetV1(): txt must be the text itself (a str), got a {type(txt).__name__}: read the file first "
+                            "(utils.checks.read_text)")
         token_ids = encode_text(tokenizer, txt)
         if len(token_ids) <= max_length:
             raise ValueError(f"the text has {len(token_ids)} tokens: a window of max_length={max_length} needs at "
@@ -51,12 +58,13 @@ def create_dataloader_v1(txt: str, batch_size: int = 4, max_length: int = 256, s
                          shuffle: bool = True, drop_last: bool = True, num_workers: int = 0, *,
                          tokenizer=None) -> DataLoader:
     """A DataLoader of (inputs, targets) windows over `txt`; `tokenizer` defaults to GPT-2's BPE from the Hub."""
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("num_workers", num_workers, minimum=0)
     if tokenizer is None:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(GPT2_TOKENIZER_ID)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        with hub_errors(GPT2_TOKENIZER_ID, kind="tokenizer"):
+            tokenizer = AutoTokenizer.from_pretrained(GPT2_TOKENIZER_ID)
     dataset = GPTDatasetV1(txt, tokenizer, max_length, stride)
     if drop_last and len(dataset) < batch_size:
         raise ValueError(f"only {len(dataset)} windows of {max_length} tokens, fewer than batch_size={batch_size} "
