@@ -7,15 +7,22 @@ off (as every machine without the instruction runs), and with it on where this C
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import bitsandbytes
+import nbformat
 import pytest
 import torch
 from bitsandbytes.nn import Linear4bit
+from nbclient import NotebookClient
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from utils.bnb_cpu import cpu_repacks_4bit, is_repacked, keep_4bit_trainable
 from utils.errors import CourseError
+from utils.paths import ROOT
 from utils.smoke import tiny_checkpoint
 
 BNB = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -135,3 +142,28 @@ def test_the_workaround_is_idempotent_and_ignores_other_layers():
     assert keep_4bit_trainable(model) == keep_4bit_trainable(model) == 8
     assert not any(layer.support_avx512bf16_for_cpu for layer in _layers(model))
     assert keep_4bit_trainable(torch.nn.Sequential(torch.nn.Linear(4, 4))) == 0
+
+
+NO_AVX512_BF16 = Path(__file__).resolve().parent / "no_avx512_bf16"  # a sitecustomize that hides the instruction
+
+
+def test_the_machine_without_avx512_bf16_is_simulated():
+    probe = ("import bitsandbytes.functional as f, bitsandbytes.nn.modules as m; "
+             "print(f.has_avx512bf16(), m.has_avx512bf16())")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env={"PYTHONPATH": str(NO_AVX512_BF16), "PATH": "/usr/bin:/bin"})
+    assert run.stdout.split() == ["False", "False"], run.stderr
+
+
+def test_chapter_03_runs_as_on_a_cpu_without_avx512_bf16(monkeypatch):
+    """The QLoRA notebook top to bottom with bitsandbytes' other CPU path, which CI machines without the instruction
+    take (the plain notebook run, in `make test`, takes this machine's own path)."""
+    monkeypatch.setenv("PYTHONPATH", str(NO_AVX512_BF16))
+    path = ROOT / "03-qlora-bloom" / "02_qlora_bloom_sfttrainer.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("import bitsandbytes.functional\n"
+                                              "print('AVX512-BF16:', bitsandbytes.functional.has_avx512bf16())"))
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    printed = "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []))
+    assert "AVX512-BF16: False" in printed  # the kernel ran with the instruction hidden
+    assert "reloaded vs trained: 0.00e+00" in printed and "resumed from checkpoint-" in printed
