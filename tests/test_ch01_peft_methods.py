@@ -136,33 +136,37 @@ def test_recipes_of_the_six_methods():
     assert (adalora.total_step, adalora.tinit, adalora.tfinal) == (50, 5, 10)
 
 
-@pytest.mark.parametrize("make, error, message", [
-    (lambda: prompt_tuning_recipe(TINY, num_virtual_tokens=0), ValueError, "num_virtual_tokens=0"),
-    (lambda: prompt_tuning_recipe(TINY, num_virtual_tokens=-3), ValueError, "num_virtual_tokens=-3"),
-    (lambda: prompt_tuning_recipe(TINY, num_virtual_tokens=2.5), ValueError, "num_virtual_tokens=2.5"),
-    (lambda: prompt_tuning_recipe(TINY, init_text="  "), ValueError, "init_text='  '"),
-    (lambda: p_tuning_recipe(num_virtual_tokens=0), ValueError, "num_virtual_tokens=0"),
-    (lambda: p_tuning_recipe(encoder_hidden_size=0), ValueError, "encoder_hidden_size=0"),
-    (lambda: p_tuning_recipe(encoder_type="GRU"), ValueError, "encoder_type='GRU'; use 'MLP' or 'LSTM'"),
-    (lambda: prefix_tuning_recipe(num_virtual_tokens=0), ValueError, "num_virtual_tokens=0"),
-    (lambda: prefix_tuning_recipe(prefix_projection=True, encoder_hidden_size=0), ValueError, "encoder_hidden_size=0"),
-    (lambda: lora_recipe(TINY, r=0), ValueError, "r=0"),
-    (lambda: lora_recipe(TINY, r=64), ValueError, r"rank 64 is not below the smaller side \(64\)"),
-    (lambda: lora_recipe(TINY, lora_alpha=float("nan")), ValueError, "lora_alpha=nan"),
-    (lambda: lora_recipe(TINY, lora_dropout=1.0), ValueError, "lora_dropout=1.0"),
-    (lambda: lora_recipe(TINY, target_modules=["q_proj"]), CourseError, r"\['q_proj'\] not found in BloomForCausalLM"),
-    (lambda: lora_recipe(TINY, target_modules="query_key_value"), ValueError, "give a list of module names"),
-    (lambda: lora_recipe("bigscience/bloom-7b1", target_modules=["v_proj"]), CourseError, r"\['v_proj'\] not found"),
-    (lambda: ia3_recipe(TINY, target_modules=["c_attn"]), CourseError, r"\['c_attn'\] not found"),
-    (lambda: ia3_recipe(TINY, feedforward_modules=["dense_h_to_4h"]), ValueError, r"\['dense_h_to_4h'\] are not in"),
-    (lambda: adalora_recipe(TINY), ValueError, "total_step is missing"),
-    (lambda: adalora_recipe(TINY, total_step=0), ValueError, "total_step=0"),
-    (lambda: adalora_recipe(TINY, total_step=50, init_r=4, target_r=8), ValueError, "target_r=8 is above init_r=4"),
-    (lambda: adalora_recipe(TINY, total_step=50, target_r=0), ValueError, "target_r=0"),
-    (lambda: adalora_recipe(TINY, total_step=10, tinit=5, tfinal=5), ValueError, "leave no steps"),
-    (lambda: adalora_recipe(TINY, total_step=50, init_r=64), ValueError, "rank 64 is not below"),
-    (lambda: adalora_recipe(TINY, total_step=50, target_modules=["q_proj"]), CourseError, r"\['q_proj'\] not found"),
-])
+BAD_RECIPES = [  # (what, how it is built, the error, what its message says)
+    ("prompt_tuning: num_virtual_tokens=0", lambda: prompt_tuning_recipe(TINY, num_virtual_tokens=0), ValueError, "num_virtual_tokens=0"),
+    ("prompt_tuning: num_virtual_tokens=-3", lambda: prompt_tuning_recipe(TINY, num_virtual_tokens=-3), ValueError, "num_virtual_tokens=-3"),
+    ("prompt_tuning: num_virtual_tokens=2.5", lambda: prompt_tuning_recipe(TINY, num_virtual_tokens=2.5), ValueError, "num_virtual_tokens=2.5"),
+    ("prompt_tuning: init_text=  ", lambda: prompt_tuning_recipe(TINY, init_text="  "), ValueError, "init_text='  '"),
+    ("p_tuning: num_virtual_tokens=0", lambda: p_tuning_recipe(num_virtual_tokens=0), ValueError, "num_virtual_tokens=0"),
+    ("p_tuning: encoder_hidden_size=0", lambda: p_tuning_recipe(encoder_hidden_size=0), ValueError, "encoder_hidden_size=0"),
+    ("p_tuning: encoder_type=GRU", lambda: p_tuning_recipe(encoder_type="GRU"), ValueError, "encoder_type='GRU'; use 'MLP' or 'LSTM'"),
+    ("prefix_tuning: num_virtual_tokens=0", lambda: prefix_tuning_recipe(num_virtual_tokens=0), ValueError, "num_virtual_tokens=0"),
+    ("prefix_tuning: prefix_projection=True, encoder_hidden_size=0", lambda: prefix_tuning_recipe(prefix_projection=True, encoder_hidden_size=0), ValueError, "encoder_hidden_size=0"),
+    ("lora: r=0", lambda: lora_recipe(TINY, r=0), ValueError, "r=0"),
+    ("lora: r=64", lambda: lora_recipe(TINY, r=64), ValueError, r"rank 64 is not below the smaller side \(64\)"),
+    ("lora: lora_alpha=nan", lambda: lora_recipe(TINY, lora_alpha=float("nan")), ValueError, "lora_alpha=nan"),
+    ("lora: lora_dropout=1.0", lambda: lora_recipe(TINY, lora_dropout=1.0), ValueError, "lora_dropout=1.0"),
+    ("lora: target_modules=[q_proj]", lambda: lora_recipe(TINY, target_modules=["q_proj"]), CourseError, r"\['q_proj'\] not found in BloomForCausalLM"),
+    ("lora: target_modules=query_key_value", lambda: lora_recipe(TINY, target_modules="query_key_value"), ValueError, "give a list of module names"),
+    ("lora: bigscience/bloom-7b1, target_modules=[v_proj]", lambda: lora_recipe("bigscience/bloom-7b1", target_modules=["v_proj"]), CourseError, r"\['v_proj'\] not found"),
+    ("ia3: target_modules=[c_attn]", lambda: ia3_recipe(TINY, target_modules=["c_attn"]), CourseError, r"\['c_attn'\] not found"),
+    ("ia3: feedforward_modules=[dense_h_to_4h]", lambda: ia3_recipe(TINY, feedforward_modules=["dense_h_to_4h"]), ValueError, r"\['dense_h_to_4h'\] are not in"),
+    ("adalora: no total_step", lambda: adalora_recipe(TINY), ValueError, "total_step is missing"),
+    ("adalora: total_step=0", lambda: adalora_recipe(TINY, total_step=0), ValueError, "total_step=0"),
+    ("adalora: total_step=50, init_r=4, target_r=8", lambda: adalora_recipe(TINY, total_step=50, init_r=4, target_r=8), ValueError, "target_r=8 is above init_r=4"),
+    ("adalora: total_step=50, target_r=0", lambda: adalora_recipe(TINY, total_step=50, target_r=0), ValueError, "target_r=0"),
+    ("adalora: total_step=10, tinit=5, tfinal=5", lambda: adalora_recipe(TINY, total_step=10, tinit=5, tfinal=5), ValueError, "leave no steps"),
+    ("adalora: total_step=50, init_r=64", lambda: adalora_recipe(TINY, total_step=50, init_r=64), ValueError, "rank 64 is not below"),
+    ("adalora: total_step=50, target_modules=[q_proj]", lambda: adalora_recipe(TINY, total_step=50, target_modules=["q_proj"]), CourseError, r"\['q_proj'\] not found"),
+]
+
+
+@pytest.mark.parametrize("make, error, message", [case[1:] for case in BAD_RECIPES],
+                         ids=[case[0] for case in BAD_RECIPES])
 def test_recipes_refuse_arguments_that_cannot_work(make, error, message, monkeypatch):
     loads = []
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: loads.append(a))
