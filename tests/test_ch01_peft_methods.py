@@ -1,5 +1,6 @@
-"""Chapter 01's six-method comparison (utils/peft_compare.py, written out in 01_peft_methods.ipynb): the review
-data and its errors, the batches' labels, each method's config and its real-scale size, and the shared loop."""
+"""Chapter 01's six PEFT methods: the review data and its errors, the batches' labels, each method's recipe and its
+argument checks, the trainable parameters at real scale against the methods' formulas, and the shared plumbing
+(training loop, held-out loss, save and reload)."""
 
 from __future__ import annotations
 
@@ -13,36 +14,79 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from utils.errors import CourseError
-from utils.peft_compare import LABELS, METHODS, collate, load_reviews, make_peft_config, train
-from utils.real_models import meta_model
+from utils.paths import ROOT
+from utils.peft_recipes import (
+    NOTEBOOKS,
+    adalora_recipe,
+    ia3_recipe,
+    lora_recipe,
+    p_tuning_recipe,
+    prefix_tuning_recipe,
+    prompt_tuning_recipe,
+)
+from utils.peft_task import LABELS, collate, load_reviews, review_batches
+from utils.peft_train import count_at_real_scale, held_out_loss, load_base, save_and_reload, train, trainable_parameters
+from utils.real_models import PUBLISHED_PARAMETERS, real_config
 from utils.smoke import fixture_path, tiny_checkpoint
+
+TINY = tiny_checkpoint("bloom")
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(tiny_checkpoint("bloom"))
+    return AutoTokenizer.from_pretrained(TINY)
 
 
-def test_reviews_fixture_becomes_prompt_completion_pairs():
-    examples = load_reviews(fixture_path("reviews"))
-    assert len(examples) == 64
-    assert {completion for _, completion in examples} == {" positive", " negative"}
-    assert sum(completion == " positive" for _, completion in examples) == 32
-    prompt, completion = examples[0]
-    assert prompt.startswith("Review: ") and prompt.endswith("\nSentiment:") and completion == " positive"
+def recipe_of(method: str, model_id: str = TINY, steps: int = 30):
+    return {"prompt_tuning": lambda: prompt_tuning_recipe(model_id), "p_tuning": p_tuning_recipe,
+            "prefix_tuning": prefix_tuning_recipe, "lora": lambda: lora_recipe(model_id),
+            "ia3": lambda: ia3_recipe(model_id), "adalora": lambda: adalora_recipe(model_id, total_step=steps)}[method]()
 
 
-@pytest.mark.parametrize("line, message", [
-    ('{"text": "Fine.", "label": "neutral"}', "record 1 (line 2) has label 'neutral'"),
-    ('{"text": "", "label": "positive"}', "record 1 (line 2) needs a non-empty string field 'text'"),
-    ('{"text": "Fine."}', "record 1 (line 2) needs a non-empty string field 'label'"),
-    ('{"text": "Fine.", "label": "positive"', "line 2 is not JSON"),
+def test_rotten_tomatoes_fixtures_become_prompt_completion_pairs():
+    train_pairs = load_reviews(fixture_path("rotten_tomatoes_train"))
+    eval_pairs = load_reviews(fixture_path("rotten_tomatoes_validation"), "validation")
+    assert (len(train_pairs), len(eval_pairs)) == (48, 16)
+    assert not {p for p, _ in train_pairs} & {p for p, _ in eval_pairs}  # no review in both
+    for pairs in (train_pairs, eval_pairs):
+        completions = [c for _, c in pairs]
+        assert completions.count(" positive") == completions.count(" negative") == len(pairs) // 2
+    prompt, completion = train_pairs[0]
+    assert prompt.startswith("Review: ") and prompt.endswith("\nSentiment:") and completion in (" positive", " negative")
+    first = json.loads(fixture_path("rotten_tomatoes_train").read_text().splitlines()[0])
+    assert set(first) == {"text", "label"}  # the Hub dataset's schema
+    assert load_reviews(fixture_path("rotten_tomatoes_train"), limit=5) == train_pairs[:5]  # shuffled once, then cut
+    assert load_reviews(fixture_path("rotten_tomatoes_train"), seed=1) != train_pairs
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"text": "Fine.", "label": 2}\n', "line 2 has label 2; use 0 (negative) or 1 (positive)"),
+    ('{"text": "Fine.", "label": true}\n', "line 2 has label True"),
+    ('{"text": "", "label": 1}\n', "line 2 needs a non-empty string field 'text'"),
+    ('{"text": "Fine."}\n', "line 2 has label None"),
+    ('{"text": "Fine.", "label": 1\n', "line 2 is not JSON"),
+    ('["Fine.", 1]\n', "line 2 holds a list, not an object"),
 ])
-def test_bad_review_records_are_named(tmp_path, line, message):
+def test_bad_review_records_are_named(tmp_path, content, message):
     path = tmp_path / "reviews.jsonl"
-    path.write_text(json.dumps({"text": "Great.", "label": "positive"}) + "\n" + line + "\n")
-    with pytest.raises(CourseError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    path.write_text(json.dumps({"text": "Great.", "label": 1}) + "\n" + content)
+    with pytest.raises(CourseError, match=f"{path}: .*" + message.replace("(", r"\(").replace(")", r"\)")):
         load_reviews(path)
+
+
+def test_bad_review_files_are_named(tmp_path):
+    with pytest.raises(CourseError, match="does not exist"):
+        load_reviews(tmp_path / "missing.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(CourseError, match="has no reviews"):
+        load_reviews(tmp_path / "empty.jsonl")
+    (tmp_path / "latin1.jsonl").write_bytes('{"text": "café", "label": 1}\n'.encode("latin-1"))
+    with pytest.raises(CourseError, match="is not UTF-8"):
+        load_reviews(tmp_path / "latin1.jsonl")
+    with pytest.raises(CourseError, match="could not load split 'train' of 'no-such/dataset'.*COURSE_SMOKE=1"):
+        load_reviews("no-such/dataset")  # offline in tests: the Hub is not reachable
+    with pytest.raises(ValueError, match="limit=0"):
+        load_reviews(fixture_path("rotten_tomatoes_train"), limit=0)
 
 
 def test_batches_train_on_the_completion_only(tokenizer):
@@ -60,73 +104,180 @@ def test_batches_train_on_the_completion_only(tokenizer):
     assert (batch["input_ids"][0][batch["attention_mask"][0] == 0] == tokenizer.pad_token_id).all()
 
 
-def test_configs_of_the_six_methods():
-    path = tiny_checkpoint("bloom")
-    expected = {"prompt_tuning": peft.PromptTuningConfig, "p_tuning": peft.PromptEncoderConfig,
-                "prefix_tuning": peft.PrefixTuningConfig, "lora": peft.LoraConfig, "ia3": peft.IA3Config,
-                "adalora": peft.AdaLoraConfig}
-    assert set(expected) == set(METHODS)
-    for method, cls in expected.items():
-        config = make_peft_config(method, path, total_steps=50)
-        assert type(config) is cls and config.task_type == "CAUSAL_LM"
-    prompt = make_peft_config("prompt_tuning", path, 50)
-    assert prompt.prompt_tuning_init == peft.PromptTuningInit.TEXT and prompt.tokenizer_name_or_path == path
-    adalora = make_peft_config("adalora", path, 50)
-    assert adalora.total_step == 50 and adalora.tinit < adalora.total_step - adalora.tfinal
-    with pytest.raises(ValueError, match="unknown method 'lorax'"):
-        make_peft_config("lorax", path, 50)
-
-
-def test_trainable_parameters_at_real_scale():
-    """bloomz-560m's shapes (meta device, no download): the counts the notebook's real-scale table shows."""
-    expected = {"prompt_tuning": 16 * 1024, "prefix_tuning": 16 * 24 * 2 * 1024, "lora": 24 * 8 * (1024 + 3 * 1024),
-                "ia3": 24 * (3 * 1024 + 4 * 1024)}
-    for method, count in expected.items():
-        model = get_peft_model(meta_model("bigscience/bloomz-560m"), make_peft_config(method, tiny_checkpoint("bloom"), 100))
-        trainable, total = model.get_nb_trainable_parameters()
-        assert trainable == count, method
-        assert total - trainable == 559_214_592 or method in ("prompt_tuning", "prefix_tuning")
-    assert expected["lora"] == 786_432  # the figure peft's own bloomz-560m LoRA example prints
-
-
-def _batches(tokenizer, size=8):
-    examples = load_reviews(fixture_path("reviews"))
-    return (collate(examples[i % 64:i % 64 + size], tokenizer) for i in itertools.count(0, size))
-
-
-def test_lora_loss_falls_on_the_tiny_model(tokenizer):
-    torch.manual_seed(0)
-    path = tiny_checkpoint("bloom")
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(path), make_peft_config("lora", path, 30))
-    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
-    losses, seconds = train(model, _batches(tokenizer), steps=30, lr=3e-2)
-    assert len(losses) == len(seconds) == 30 and all(s > 0 for s in seconds)
-    assert sum(losses[-5:]) / 5 < losses[0] - 0.2, losses
-    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)  # base untouched
-
-
-def test_adalora_reallocates_every_step_after_backward(tokenizer, monkeypatch):
-    torch.manual_seed(0)
-    path = tiny_checkpoint("bloom")
-    steps = 20
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(path), make_peft_config("adalora", path, steps))
-    calls = []
-    original = model.base_model.update_and_allocate
-
-    def spy(global_step):
-        grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
-        calls.append((global_step, all(g is not None and g.abs().sum() > 0 for g in grads)))
-        return original(global_step)
-
-    monkeypatch.setattr(model.base_model, "update_and_allocate", spy)
-    train(model, _batches(tokenizer), steps=steps, lr=1e-2)
-    assert [step for step, _ in calls] == list(range(steps))
-    assert all(had_grads for _, had_grads in calls), "update_and_allocate must see the gradients (before zero_grad)"
-    # The budget schedule pruned ranks: some of the singular values (lora_E) were masked to zero.
-    lora_e = torch.cat([p.detach().flatten() for n, p in model.named_parameters() if "lora_E" in n])
-    assert (lora_e == 0).sum() > 0 and (lora_e != 0).sum() > 0
+def test_review_batches_cycle_through_every_review_each_epoch(tokenizer):
+    pairs = load_reviews(fixture_path("rotten_tomatoes_train"))
+    stream = review_batches(pairs, tokenizer, batch_size=8, seed=0)
+    epoch = [tokenizer.batch_decode(next(stream)["input_ids"], skip_special_tokens=True) for _ in range(6)]
+    seen = sorted(text for batch in epoch for text in batch)
+    assert seen == sorted(tokenizer.decode(tokenizer(p + c)["input_ids"]) for p, c in pairs)
+    with pytest.raises(ValueError, match="batch_size=49"):
+        next(review_batches(pairs, tokenizer, batch_size=49))
 
 
 def test_labels_start_with_different_tokens(tokenizer):
     firsts = {tokenizer(" " + label)["input_ids"][0] for label in LABELS}
-    assert len(firsts) == len(LABELS)  # the notebook's accuracy compares these two tokens' logits
+    assert len(firsts) == len(LABELS)  # label_accuracy compares these two tokens' logits
+
+
+def test_recipes_of_the_six_methods():
+    expected = {"prompt_tuning": peft.PromptTuningConfig, "p_tuning": peft.PromptEncoderConfig,
+                "prefix_tuning": peft.PrefixTuningConfig, "lora": peft.LoraConfig, "ia3": peft.IA3Config,
+                "adalora": peft.AdaLoraConfig}
+    assert set(expected) == set(NOTEBOOKS)
+    for method, cls in expected.items():
+        recipe = recipe_of(method, steps=50)
+        assert type(recipe.config) is cls and recipe.config.task_type == "CAUSAL_LM" and recipe.learning_rate > 0
+        assert (ROOT / "01-peft-setup" / NOTEBOOKS[method]).is_file()
+    prompt = prompt_tuning_recipe(TINY)
+    assert prompt.config.prompt_tuning_init == peft.PromptTuningInit.TEXT and prompt.config.tokenizer_name_or_path == TINY
+    assert prompt_tuning_recipe(TINY, init_text=None).config.prompt_tuning_init == peft.PromptTuningInit.RANDOM
+    assert prefix_tuning_recipe().config.prefix_projection is False  # P-Tuning v2 by default
+    adalora = adalora_recipe(TINY, total_step=50).config
+    assert (adalora.total_step, adalora.tinit, adalora.tfinal) == (50, 5, 10)
+
+
+BAD_RECIPES = [  # (what, how it is built, the error, what its message says)
+    ("prompt_tuning: num_virtual_tokens=0", lambda: prompt_tuning_recipe(TINY, num_virtual_tokens=0), ValueError, "num_virtual_tokens=0"),
+    ("prompt_tuning: num_virtual_tokens=-3", lambda: prompt_tuning_recipe(TINY, num_virtual_tokens=-3), ValueError, "num_virtual_tokens=-3"),
+    ("prompt_tuning: num_virtual_tokens=2.5", lambda: prompt_tuning_recipe(TINY, num_virtual_tokens=2.5), ValueError, "num_virtual_tokens=2.5"),
+    ("prompt_tuning: init_text=  ", lambda: prompt_tuning_recipe(TINY, init_text="  "), ValueError, "init_text='  '"),
+    ("p_tuning: num_virtual_tokens=0", lambda: p_tuning_recipe(num_virtual_tokens=0), ValueError, "num_virtual_tokens=0"),
+    ("p_tuning: encoder_hidden_size=0", lambda: p_tuning_recipe(encoder_hidden_size=0), ValueError, "encoder_hidden_size=0"),
+    ("p_tuning: encoder_type=GRU", lambda: p_tuning_recipe(encoder_type="GRU"), ValueError, "encoder_type='GRU'; use 'MLP' or 'LSTM'"),
+    ("prefix_tuning: num_virtual_tokens=0", lambda: prefix_tuning_recipe(num_virtual_tokens=0), ValueError, "num_virtual_tokens=0"),
+    ("prefix_tuning: prefix_projection=True, encoder_hidden_size=0", lambda: prefix_tuning_recipe(prefix_projection=True, encoder_hidden_size=0), ValueError, "encoder_hidden_size=0"),
+    ("lora: r=0", lambda: lora_recipe(TINY, r=0), ValueError, "r=0"),
+    ("lora: r=64", lambda: lora_recipe(TINY, r=64), ValueError, r"rank 64 is not below the smaller side \(64\)"),
+    ("lora: lora_alpha=nan", lambda: lora_recipe(TINY, lora_alpha=float("nan")), ValueError, "lora_alpha=nan"),
+    ("lora: lora_dropout=1.0", lambda: lora_recipe(TINY, lora_dropout=1.0), ValueError, "lora_dropout=1.0"),
+    ("lora: target_modules=[q_proj]", lambda: lora_recipe(TINY, target_modules=["q_proj"]), CourseError, r"\['q_proj'\] not found in BloomForCausalLM"),
+    ("lora: target_modules=query_key_value", lambda: lora_recipe(TINY, target_modules="query_key_value"), ValueError, "give a list of module names"),
+    ("lora: bigscience/bloom-7b1, target_modules=[v_proj]", lambda: lora_recipe("bigscience/bloom-7b1", target_modules=["v_proj"]), CourseError, r"\['v_proj'\] not found"),
+    ("ia3: target_modules=[c_attn]", lambda: ia3_recipe(TINY, target_modules=["c_attn"]), CourseError, r"\['c_attn'\] not found"),
+    ("ia3: feedforward_modules=[dense_h_to_4h]", lambda: ia3_recipe(TINY, feedforward_modules=["dense_h_to_4h"]), ValueError, r"\['dense_h_to_4h'\] are not in"),
+    ("adalora: no total_step", lambda: adalora_recipe(TINY), ValueError, "total_step is missing"),
+    ("adalora: total_step=0", lambda: adalora_recipe(TINY, total_step=0), ValueError, "total_step=0"),
+    ("adalora: total_step=50, init_r=4, target_r=8", lambda: adalora_recipe(TINY, total_step=50, init_r=4, target_r=8), ValueError, "target_r=8 is above init_r=4"),
+    ("adalora: total_step=50, target_r=0", lambda: adalora_recipe(TINY, total_step=50, target_r=0), ValueError, "target_r=0"),
+    ("adalora: total_step=10, tinit=5, tfinal=5", lambda: adalora_recipe(TINY, total_step=10, tinit=5, tfinal=5), ValueError, "leave no steps"),
+    ("adalora: total_step=50, init_r=64", lambda: adalora_recipe(TINY, total_step=50, init_r=64), ValueError, "rank 64 is not below"),
+    ("adalora: total_step=50, target_modules=[q_proj]", lambda: adalora_recipe(TINY, total_step=50, target_modules=["q_proj"]), CourseError, r"\['q_proj'\] not found"),
+]
+
+
+@pytest.mark.parametrize("make, error, message", [case[1:] for case in BAD_RECIPES],
+                         ids=[case[0] for case in BAD_RECIPES])
+def test_recipes_refuse_arguments_that_cannot_work(make, error, message, monkeypatch):
+    loads = []
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", lambda *a, **k: loads.append(a))
+    with pytest.raises(error, match=message):
+        make()
+    assert loads == []  # refused before any model is loaded
+
+
+def _expected_trainable(method: str, model_id: str) -> int:
+    """The methods' parameter counts from their papers' formulas and the model's published shapes (not from peft)."""
+    config = real_config(model_id)
+    h, layers = config.hidden_size, config.n_layer
+    n, e = 20, 128  # the recipes' num_virtual_tokens and P-Tuning's encoder width
+    return {
+        "prompt_tuning": n * h,  # one vector per virtual token
+        "p_tuning": n * h + (h * e + e) + (e * e + e) + (e * h + h),  # embeddings + a 3-layer MLP
+        "prefix_tuning": n * layers * 2 * h,  # a key and a value per virtual token, per layer
+        "prefix_projection": n * h + (h * 256 + 256) + (256 * layers * 2 * h + layers * 2 * h),  # embeddings + MLP
+        "lora": layers * 8 * (h + 3 * h),  # A (8 x h) and B (3h x 8) on each fused query_key_value
+        "ia3": layers * (3 * h + 4 * h),  # one scale per attention output and per feed-forward activation
+        "adalora": layers * (12 * h + 3 * h * 12 + 12),  # Q (12 x h), P (3h x 12), lambda (12)
+    }[method]
+
+
+@pytest.mark.parametrize("model_id", ["bigscience/bloomz-560m", "bigscience/bloom-7b1"])
+@pytest.mark.parametrize("method", [*NOTEBOOKS, "prefix_projection"])
+def test_trainable_parameters_at_real_scale(method, model_id):
+    """count_at_real_scale (what the notebooks show) against the formulas, and the frozen rest against the
+    models' published sizes."""
+    make = (lambda: prefix_tuning_recipe(prefix_projection=True).config) if method == "prefix_projection" else (
+        lambda: recipe_of(method, steps=100).config)
+    (row,) = count_at_real_scale(make, [model_id])
+    expected = _expected_trainable(method, model_id)
+    assert row["trainable params"] == expected
+    constants = real_config(model_id).n_layer if method == "adalora" else 0  # AdaLoRA's ranknum: one, frozen, per layer
+    assert row["all params"] == PUBLISHED_PARAMETERS[model_id] + expected + constants
+
+
+def test_adalora_rank_counters_are_not_trained():
+    """peft 0.21.2 makes AdaLoRA's ranknum trainable when it moves the adapter to the base model's dtype;
+    trainable_parameters freezes it again, so the optimizer never sees it."""
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY, dtype=torch.bfloat16),
+                           adalora_recipe(TINY, total_step=10).config)
+    counters = [p for n, p in model.named_parameters() if ".ranknum." in n]
+    assert len(counters) == 2 and all(p.requires_grad for p in counters)  # the quirk this guards against
+    params = trainable_parameters(model)
+    assert not any(p.requires_grad for p in counters) and all(p is not c for p in params for c in counters)
+    assert sum(p.numel() for p in params) == 2 * (12 * 64 + 192 * 12 + 12)
+
+
+def _batches(tokenizer, size=8):
+    pairs = load_reviews(fixture_path("rotten_tomatoes_train"))
+    return (collate(pairs[i % 48:i % 48 + size], tokenizer) for i in itertools.count(0, size))
+
+
+def test_lora_loss_falls_on_the_tiny_model(tokenizer):
+    torch.manual_seed(0)
+    recipe = lora_recipe(TINY)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), recipe.config)
+    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    losses, seconds = train(model, _batches(tokenizer), steps=30, lr=recipe.learning_rate)
+    assert len(losses) == len(seconds) == 30 and all(s > 0 for s in seconds)
+    assert sum(losses[-5:]) / 5 < losses[0] - 2, losses
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)  # base untouched
+    assert not model.training  # left in eval mode
+    with pytest.raises(ValueError, match="steps=0"):
+        train(model, _batches(tokenizer), steps=0, lr=1e-3)
+
+
+def test_adalora_reallocates_every_step_after_backward(tokenizer):
+    torch.manual_seed(0)
+    steps = 20
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), adalora_recipe(TINY, total_step=steps).config)
+    calls = []
+
+    def allocate(step):
+        grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+        calls.append((step, all(g is not None and g.abs().sum() > 0 for g in grads)))
+        model.base_model.update_and_allocate(step)
+
+    train(model, _batches(tokenizer), steps=steps, lr=1e-2, after_step=allocate)
+    assert [step for step, _ in calls] == list(range(steps))
+    assert all(had_grads for _, had_grads in calls), "update_and_allocate must see the gradients (before zero_grad)"
+    pattern = model.peft_config["default"].rank_pattern
+    assert sum(sum(keep) for keep in pattern.values()) == 4 * 2  # the budget: target_r x layers
+    lora_e = torch.cat([p.detach().flatten() for n, p in model.named_parameters() if "lora_E" in n])
+    assert (lora_e == 0).sum() == 2 * 12 - 8  # the pruned singular values are zero
+
+
+def test_held_out_loss_is_the_task_loss_without_adalora_penalty(tokenizer):
+    pairs = load_reviews(fixture_path("rotten_tomatoes_validation"))[:8]
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), adalora_recipe(TINY, total_step=10).config)
+    batch = collate(pairs, tokenizer)
+    with torch.no_grad():
+        task = model.base_model.model(**batch).loss.item()  # without AdaLoraModel's orthogonality penalty
+        with_penalty = model(**batch).loss.item()
+    assert held_out_loss(model, tokenizer, pairs) == pytest.approx(task, rel=1e-5)
+    assert with_penalty > task + 0.1
+    prompt_model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), p_tuning_recipe().config)
+    with torch.no_grad():  # prompt-style methods: the virtual positions carry no label, so the loss is the same
+        assert held_out_loss(prompt_model, tokenizer, pairs) == pytest.approx(prompt_model(**batch).loss.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("method", list(NOTEBOOKS))
+def test_save_and_reload_gives_the_same_logits(method, tokenizer, tmp_path):
+    pairs = load_reviews(fixture_path("rotten_tomatoes_validation"))[:4]
+    model = get_peft_model(load_base(TINY), recipe_of(method, steps=6).config)
+    after = model.base_model.update_and_allocate if method == "adalora" else None
+    train(model, _batches(tokenizer), steps=6, lr=1e-2, after_step=after)
+    reloaded, size = save_and_reload(model, TINY, tmp_path / method, collate(pairs, tokenizer))
+    assert size == (tmp_path / method / "adapter_model.safetensors").stat().st_size > 0
+    assert type(reloaded).__name__ == type(model).__name__
+    with pytest.raises(CourseError, match="gives other logits than the trained model"):
+        save_and_reload(model, tiny_checkpoint("bloom", seed=1), tmp_path / "other", collate(pairs, tokenizer))

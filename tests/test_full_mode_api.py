@@ -139,10 +139,18 @@ def full_mode_models(path: Path) -> set[str]:
 
 
 def literal_target_modules(path: Path) -> set[str]:
-    """Every module name given literally as `target_modules=[...]` (or through a name bound to a list literal)."""
+    """Every module name given literally as `target_modules=[...]` (or through a name bound to a list literal), and
+    the defaults of a function's `target_modules` / `feedforward_modules` parameters (chapter 01's recipes)."""
     lists: dict[str, list[str]] = {}
     found: set[str] = set()
     for tree in trees(path):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef):
+                args = node.args.args + node.args.kwonlyargs
+                defaults = [None] * (len(node.args.args) - len(node.args.defaults)) + node.args.defaults
+                for arg, default in zip(args, defaults + node.args.kw_defaults, strict=True):
+                    if arg.arg in ("target_modules", "feedforward_modules") and isinstance(default, ast.List | ast.Tuple):
+                        found |= {e.value for e in default.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
         for node in ast.walk(tree):
             if isinstance(node, ast.Assign) and isinstance(node.value, ast.List | ast.Tuple):
                 values = [e.value for e in node.value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
@@ -193,7 +201,6 @@ HUB_LOADS = {"from_pretrained", "load_dataset", "snapshot_download"}
 LOCAL_IN_BOTH_MODES = {"MERGE_DEMO_ID", "ADAPTER_DIR", "tiny_path"}
 #: Notebooks whose Hub loads are not wrapped yet, owned by other work in progress (strict: fails once they are).
 UNWRAPPED = {
-    "01-peft-setup/01_peft_methods.ipynb": "chapter 01's methods notebook is another change's: wrap its MODEL_ID loads",
 }
 
 

@@ -37,6 +37,10 @@ FIXTURES: dict[str, str] = {
     "prompts": "awesome_prompts.csv",
     "story": "story.txt",
     "reviews": "reviews.jsonl",
+    # Chapter 01's task: Rotten Tomatoes movie reviews in the Hub dataset's schema (`text`, `label` 0/1). Not in
+    # the tokenizer corpus below: adding a file there changes every tiny checkpoint.
+    "rotten_tomatoes_train": "rotten_tomatoes_train.jsonl",
+    "rotten_tomatoes_validation": "rotten_tomatoes_validation.jsonl",
 }
 
 
