@@ -60,32 +60,33 @@ def test_rotten_tomatoes_fixtures_become_prompt_completion_pairs():
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"text": "Fine.", "label": 2}\n', "line 2 has label 2; use 0 (negative) or 1 (positive)"),
-    ('{"text": "Fine.", "label": true}\n', "line 2 has label True"),
-    ('{"text": "", "label": 1}\n', "line 2 needs a non-empty string field 'text'"),
-    ('{"text": "Fine."}\n', "line 2 has label None"),
-    ('{"text": "Fine.", "label": 1\n', "line 2 is not JSON"),
-    ('["Fine.", 1]\n', "line 2 holds a list, not an object"),
+    ('{"text": "Fine.", "label": 2}\n', "line 2: field 'label' is 2; use 0 (negative) or 1 (positive)"),
+    ('{"text": "Fine.", "label": true}\n', "line 2: field 'label' is True"),
+    ('{"text": "", "label": 1}\n', "line 2: field 'text' is empty"),
+    ('{"label": 1}\n', "line 2: no field 'text'"),
+    ('{"text": "Fine."}\n', "line 2: field 'label' is None"),
+    ('{"text": "Fine.", "label": 1\n', "line 2: not valid JSON"),
+    ('["Fine.", 1]\n', "line 2: a JSON list, expected an object"),
 ])
 def test_bad_review_records_are_named(tmp_path, content, message):
     path = tmp_path / "reviews.jsonl"
     path.write_text(json.dumps({"text": "Great.", "label": 1}) + "\n" + content)
-    with pytest.raises(CourseError, match=f"{path}: .*" + message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(CourseError, match=f"{path}, " + message.replace("(", r"\(").replace(")", r"\)")):
         load_reviews(path)
 
 
 def test_bad_review_files_are_named(tmp_path):
-    with pytest.raises(CourseError, match="does not exist"):
+    with pytest.raises(CourseError, match="missing.jsonl: no such file"):
         load_reviews(tmp_path / "missing.jsonl")
     (tmp_path / "empty.jsonl").write_text("\n")
-    with pytest.raises(CourseError, match="has no reviews"):
+    with pytest.raises(CourseError, match="empty.jsonl is empty"):
         load_reviews(tmp_path / "empty.jsonl")
     (tmp_path / "latin1.jsonl").write_bytes('{"text": "café", "label": 1}\n'.encode("latin-1"))
     with pytest.raises(CourseError, match="is not UTF-8"):
         load_reviews(tmp_path / "latin1.jsonl")
-    with pytest.raises(CourseError, match="could not load split 'train' of 'no-such/dataset'.*COURSE_SMOKE=1"):
+    with pytest.raises(CourseError, match="dataset 'no-such/dataset' is not in the local Hugging Face cache.*COURSE_SMOKE=1"):
         load_reviews("no-such/dataset")  # offline in tests: the Hub is not reachable
-    with pytest.raises(ValueError, match="limit=0"):
+    with pytest.raises(ValueError, match="limit must be an integer >= 1"):
         load_reviews(fixture_path("rotten_tomatoes_train"), limit=0)
 
 

@@ -8,12 +8,13 @@ with " positive" or " negative".
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
 
+from utils.checks import check_field, check_int, read_records
 from utils.errors import CourseError
+from utils.hub import hub_errors
 
 DATASET = "cornell-movie-review-data/rotten_tomatoes"
 LABELS = ("negative", "positive")  # the dataset's label 0 and 1 (its ClassLabel names are "neg" and "pos")
@@ -24,34 +25,11 @@ def review_prompt(text: str) -> str:
     return f"Review: {text.strip()}\nSentiment:"
 
 
-def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise CourseError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8") from exc
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CourseError(f"{path}: line {number} is not JSON ({exc.msg}): fix or delete that line") from exc
-        if not isinstance(record, dict):
-            raise CourseError(f"{path}: line {number} holds a {type(record).__name__}, not an object with "
-                              f"fields 'text' and 'label'")
-        records.append((f"line {number}", record))
-    return records
-
-
 def _load_hub(source: str, split: str) -> list[tuple[str, dict]]:
     from datasets import load_dataset
 
-    try:
+    with hub_errors(source, "dataset"):
         dataset = load_dataset(source, split=split)
-    except Exception as exc:  # no network, a wrong id or split: say which, and the way out
-        raise CourseError(f"could not load split {split!r} of {source!r} from the Hub ({type(exc).__name__}: {exc}); "
-                          f"offline, run with COURSE_SMOKE=1 (the fixture in data/fixtures/)") from exc
     return [(f"record {i}", record) for i, record in enumerate(dataset.to_list())]
 
 
@@ -62,24 +40,19 @@ def load_reviews(source: str | Path, split: str = "train", limit: int | None = N
     `source` is a local .jsonl file (one {"text": ..., "label": 0 or 1} per line) or a Hub dataset id, whose `split`
     is read. A bad record is a CourseError naming the file, the record and the field.
     """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit={limit!r}: use a whole number of reviews >= 1, or None for all")
+    check_int("limit", limit, minimum=1, optional=True, hint="None keeps every review")
     path = Path(source)
     if path.suffix == ".jsonl":
-        if not path.is_file():
-            raise CourseError(f"review file {path} does not exist")
-        where, records = str(path), _read_jsonl(path)
+        where, records = str(path), read_records(path)
     else:
         where, records = f"{source} ({split})", _load_hub(str(source), split)
     if not records:
         raise CourseError(f"{where} has no reviews: nothing to train on")
     pairs = []
     for at, record in records:
-        text, label = record.get("text"), record.get("label")
-        if not isinstance(text, str) or not text.strip():
-            raise CourseError(f"{where}: {at} needs a non-empty string field 'text', got {text!r}")
+        text, label = check_field(record, "text", f"{where}, {at}"), record.get("label")
         if isinstance(label, bool) or label not in (0, 1):
-            raise CourseError(f"{where}: {at} has label {label!r}; use 0 (negative) or 1 (positive)")
+            raise CourseError(f"{where}, {at}: field 'label' is {label!r}; use 0 (negative) or 1 (positive)")
         pairs.append((review_prompt(text), " " + LABELS[label]))
     random.Random(seed).shuffle(pairs)
     return pairs[:limit]
