@@ -17,7 +17,7 @@ TEST_ENV := env -u MPLBACKEND COURSE_SMOKE=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLIN
 	TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0 OMP_NUM_THREADS=1
 CHAPTERS := $(wildcard [0-9][0-9]-*/)
 
-.PHONY: setup run test unit notebooks lint strip sync lab bench clean help
+.PHONY: setup run test unit notebooks lint strip sync lab bench clean help gpt2-bpe full-check
 
 help:
 	@echo "make run    execute every notebook into build/ (smoke mode without a GPU and the Hub; FULL=1 for real models)"
@@ -43,12 +43,16 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: $(STAMP)
 	env -u MPLBACKEND $(if $(FULL),COURSE_SMOKE=0) $(PY) -m utils.run_notebooks $(if $(FULL),--full)
 
-test: $(STAMP)
+# The real GPT-2 BPE, from the openai-whisper sdist on PyPI (cached in .cache/real-width/; before the offline tests).
+gpt2-bpe: $(STAMP)
+	$(PY) -m tools.real_width gpt2-bpe
+
+test: $(STAMP) gpt2-bpe
 	$(PY) -m ruff check .
 	$(PY) -m utils.nbtools check
 	$(TEST_ENV) $(PY) -m pytest tests $(CHAPTERS) --nbmake --nbmake-timeout=900 --timeout=900 --durations=15
 
-unit: $(STAMP)
+unit: $(STAMP) gpt2-bpe
 	$(TEST_ENV) $(PY) -m pytest tests
 
 notebooks: $(STAMP)
