@@ -17,7 +17,7 @@ TEST_ENV := env -u MPLBACKEND COURSE_SMOKE=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLIN
 	TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0 OMP_NUM_THREADS=1
 CHAPTERS := $(wildcard [0-9][0-9]-*/)
 
-.PHONY: setup run test unit notebooks lint strip sync lab bench clean help gpt2-bpe full-check
+.PHONY: setup run test unit notebooks lint strip sync lab bench clean help gpt2-bpe full-check gpu-wheels
 
 help:
 	@echo "make run    execute every notebook into build/ (smoke mode without a GPU and the Hub; FULL=1 for real models)"
@@ -72,6 +72,14 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(TEST_ENV) OMP_NUM_THREADS=$$(nproc) $(PY) -m bench.run  # benchmarks use every core
+
+# The wheels bench/gpu_device.sh installs on a GPU machine that lacks them (CPython 3.12, x86-64): about 45 MB.
+GPU_WHEELS := bitsandbytes==0.50.2 trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	@du -ch .whl/*.whl | tail -1
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
