@@ -23,6 +23,7 @@ help:
 	@echo "make run    execute every notebook into build/ (smoke mode without a GPU and the Hub; FULL=1 for real models)"
 	@echo "make test   lint, unit tests and every notebook in smoke mode, offline"
 	@echo "make lab    JupyterLab on 127.0.0.1:8888;  make bench  benchmarks;  make strip  clean notebook outputs"
+	@echo "make full-check  every notebook's full-mode path at the real models' widths, on the CPU, offline"
 
 setup: $(STAMP)
 
@@ -46,6 +47,11 @@ run: $(STAMP)
 # The real GPT-2 BPE, from the openai-whisper sdist on PyPI (cached in .cache/real-width/; before the offline tests).
 gpt2-bpe: $(STAMP)
 	$(PY) -m tools.real_width gpt2-bpe
+
+# Every notebook's full-mode path at the real models' widths, on this CPU, offline; records docs/times.json and
+# docs/TIMES.md. Two threads: the real widths gain from them (smoke mode's tiny models do not).
+full-check: $(STAMP) gpt2-bpe
+	env -u MPLBACKEND $(PY) -m tools.full_check --threads 2
 
 test: $(STAMP) gpt2-bpe
 	$(PY) -m ruff check .
