@@ -63,7 +63,10 @@ def _value_source(value: object) -> str:
         return value.source
     if isinstance(value, Path):
         return repr(str(value))
-    ast.literal_eval(repr(value))  # only literals (str, numbers, lists, dicts, ...): fail here, not in the kernel
+    try:  # only literals (str, numbers, lists, dicts, ...): fail here, not in the kernel
+        ast.literal_eval(repr(value))
+    except (ValueError, SyntaxError) as exc:
+        raise ValueError(f"parameter value {value!r} is not a Python literal: pass Expr('<source>')") from exc
     return repr(value)
 
 
