@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(results) - len(failed)}/{len(results)} ran at real widths in {total:.0f} s; executed copies in {OUT}/")
     for r in failed:
         print(f"{r['notebook']}: {r['status']}", file=sys.stderr)
+    print(f"full-check: {len(results) - len(failed)} passed, {len(failed)} failed")  # CI reads this closing line
     if not args.no_record:
         from tools import times
 

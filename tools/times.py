@@ -26,17 +26,20 @@ T4_FP16_FLOPS = 65e12  # NVIDIA's figure for the T4's fp16 tensor cores
 T4_UTILISATION = 0.25
 T4_BANDWIDTH = 320e9  # bytes/s: generation reads every weight once per new token
 
-#: notebook -> (model parameters N, training tokens, generated tokens, bytes read per generated token)
+#: notebook -> (model parameters N, training tokens, generated tokens, bytes read per generated token[, tokens a
+#: forward pass re-reads without a KV cache: 2N FLOPs each])
 #: Training FLOPs: 2N per token forward, 2N again for the recomputation of gradient checkpointing, 2N backward for
 #: the activations' gradients (frozen weights get none): 6N per token; full fine-tuning adds 2N for weight
 #: gradients and drops the recomputation (no checkpointing): also 6N.
-T4_RECIPES: dict[str, tuple[float, float, float, float]] = {
+T4_RECIPES: dict[str, tuple[float, ...]] = {
     # 2 epochs x 2,000 questions x ~250 tokens (SQuAD prompts: ~160 words of context); 400 answers x 16 tokens x 3 beams
     "02-lora-gptj/01_lora_gptj_squad.ipynb": (6.05e9, 2 * 2000 * 250, 400 * 16 * 3, 6.05e9 * 1.2),
     # 3 epochs x 120 prompts x ~120 tokens; 4 generations x 60 tokens
     "03-qlora-bloom/02_qlora_bloom_sfttrainer.ipynb": (7.07e9, 3 * 120 * 120, 4 * 60, 7.07e9 * 0.55 + 1.03e9 * 4),
-    # 2 epochs x 935 entries x ~90 tokens; 110 responses x 256 tokens without a KV cache (the prompt re-read)
-    "04-instruction-gpt2/01_instruction_finetuning.ipynb": (3.55e8, 2 * 935 * 90, 110 * 256, 3.55e8 * 4),
+    # 2 epochs x 935 entries x ~90 tokens; 110 responses x 256 tokens without a KV cache: each new token re-reads
+    # its whole context (~200 tokens on average)
+    "04-instruction-gpt2/01_instruction_finetuning.ipynb": (3.55e8, 2 * 935 * 90, 110 * 256, 3.55e8 * 4,
+                                                            110 * 256 * 200),
     # 2 runs x 100 steps x 8 x ~90 tokens
     "04-instruction-gpt2/02_lora_from_scratch.ipynb": (3.55e8, 2 * 100 * 8 * 90, 0, 0),
     # 4 training passes x 135 steps x 2 x 256 tokens (GPT-2 124M from scratch)
@@ -50,8 +53,9 @@ def t4_estimate_s(notebook: str) -> float | None:
     """Seconds of compute on a T4 for a notebook's full recipe (downloads and loading excluded): an estimate."""
     if notebook not in T4_RECIPES:
         return None
-    n, train_tokens, new_tokens, bytes_per_token = T4_RECIPES[notebook]
-    return 6 * n * train_tokens / (T4_FP16_FLOPS * T4_UTILISATION) + new_tokens * bytes_per_token / T4_BANDWIDTH
+    n, train_tokens, new_tokens, bytes_per_token, *reread = T4_RECIPES[notebook]
+    flops = 6 * n * train_tokens + 2 * n * sum(reread)
+    return flops / (T4_FP16_FLOPS * T4_UTILISATION) + new_tokens * bytes_per_token / T4_BANDWIDTH
 
 
 def load() -> dict:
@@ -114,10 +118,12 @@ def write_table(data: dict | None = None) -> str:
         "resident memory, sampled every 50 ms.",
         "",
         f"**T4 estimates**: training FLOPs (6 x parameters x training tokens: forward, the recomputation of gradient "
-        f"checkpointing, backward) over the T4's {T4_FP16_FLOPS / 1e12:.0f} TFLOP/s fp16 at an assumed "
+        f"checkpointing, backward; 2 x parameters per token a generation without a KV cache re-reads) over the T4's "
+        f"{T4_FP16_FLOPS / 1e12:.0f} TFLOP/s fp16 at an assumed "
         f"{T4_UTILISATION:.0%} utilisation, plus generation at {T4_BANDWIDTH / 1e9:.0f} GB/s (every weight read once "
-        "per new token); downloads and loading not included. The recipe sizes are in tools/times.py. Estimates, "
-        "not measurements: `bench/gpu.py` measures tokens per second on a GPU.",
+        "per new token); downloads, loading, evaluation loops and Python overhead not included, so each is a lower "
+        "bound on the wall time. The recipe sizes are in tools/times.py. Estimates, not measurements: "
+        "`bench/gpu.py` measures tokens per second on a GPU.",
         "",
     ]
     TABLE.parent.mkdir(parents=True, exist_ok=True)
