@@ -116,6 +116,24 @@ class PeakRSS:
         self._thread.join()
 
 
+MEMORY_LINE = ("measured peak", "peak memory")
+
+
+def memory_notes(notebook: str) -> list[str]:
+    """What the executed notebook printed about its memory (chapter 03: measured peak beside the prediction)."""
+    import nbformat
+
+    executed = OUT / notebook
+    if not executed.is_file():
+        return []
+    lines = []
+    for cell in nbformat.read(str(executed), as_version=4).cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                lines += [line.strip() for line in output["text"].splitlines() if any(m in line for m in MEMORY_LINE)]
+    return lines
+
+
 def parameters_for(path: Path) -> dict[str, object]:
     import nbformat
 
@@ -161,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         with PeakRSS() as peak:
             result = execute(path, OUT, args.cell_timeout, parameters=plan, full_mode_constants=ids)
         row = {"notebook": result.notebook, "status": result.status, "seconds": round(result.seconds, 1),
-               "peak_rss_gib": round(peak.peak / 2**30, 2),
+               "peak_rss_gib": round(peak.peak / 2**30, 2), "memory": memory_notes(result.notebook),
                "parameters": {k: (v.source if isinstance(v, Expr) else v) for k, v in plan.items()
                               if not str(v).startswith(str(ROOT))}}
         print(f"{row['status']} ({row['seconds']:.0f} s, peak {row['peak_rss_gib']:.1f} GiB)", flush=True)

@@ -117,6 +117,11 @@ def write_table(data: dict | None = None) -> str:
         "and fewer steps (docs/times.json lists each run's changed parameters). Peak RSS is the notebook kernel's "
         "resident memory, sampled every 50 ms.",
         "",
+        "What the notebooks printed about memory at real widths (CPU: the process's RSS, fp32 compute; the "
+        "predictions are utils.memory_budget's for the model loaded, CUDA context excluded):",
+        "",
+        *[f"- `{name}`: {line}" for name in names for line in full.get(name, {}).get("memory", [])],
+        "",
         f"**T4 estimates**: training FLOPs (6 x parameters x training tokens: forward, the recomputation of gradient "
         f"checkpointing, backward; 2 x parameters per token a generation without a KV cache re-reads) over the T4's "
         f"{T4_FP16_FLOPS / 1e12:.0f} TFLOP/s fp16 at an assumed "
