@@ -197,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_record:
         from tools import times
 
-        times.record("full_check", results, {
-            "date": datetime.date.today().isoformat(), "threads": args.threads, "cpu": platform.processor() or
-            platform.machine(), "cores": os.cpu_count(), "complete": not args.paths, "total_seconds": round(total)})
+        meta = {"date": datetime.date.today().isoformat(), "threads": args.threads,
+                "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
+        if not args.paths:  # the total is a whole run's; a partial run updates its own rows only
+            meta["total_seconds"] = round(total)
+        times.record("full_check", results, meta)
     return 1 if failed else 0
 
 
