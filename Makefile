@@ -17,12 +17,13 @@ TEST_ENV := env -u MPLBACKEND COURSE_SMOKE=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLIN
 	TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0 OMP_NUM_THREADS=1
 CHAPTERS := $(wildcard [0-9][0-9]-*/)
 
-.PHONY: setup run test unit notebooks lint strip sync lab bench clean help
+.PHONY: setup run test unit notebooks lint strip sync lab bench clean help gpt2-bpe full-check gpu-wheels
 
 help:
 	@echo "make run    execute every notebook into build/ (smoke mode without a GPU and the Hub; FULL=1 for real models)"
 	@echo "make test   lint, unit tests and every notebook in smoke mode, offline"
 	@echo "make lab    JupyterLab on 127.0.0.1:8888;  make bench  benchmarks;  make strip  clean notebook outputs"
+	@echo "make full-check  every notebook's full-mode path at the real models' widths, on the CPU, offline"
 
 setup: $(STAMP)
 
@@ -43,12 +44,21 @@ $(STAMP): requirements.txt requirements-colab.txt requirements-dev.txt
 run: $(STAMP)
 	env -u MPLBACKEND $(if $(FULL),COURSE_SMOKE=0) $(PY) -m utils.run_notebooks $(if $(FULL),--full)
 
-test: $(STAMP)
+# The real GPT-2 BPE, from the openai-whisper sdist on PyPI (cached in .cache/real-width/; before the offline tests).
+gpt2-bpe: $(STAMP)
+	$(PY) -m tools.real_width gpt2-bpe
+
+# Every notebook's full-mode path at the real models' widths, on this CPU, offline; records docs/times.json and
+# docs/TIMES.md. Two threads: the real widths gain from them (smoke mode's tiny models do not).
+full-check: $(STAMP) gpt2-bpe
+	env -u MPLBACKEND $(PY) -m tools.full_check --threads 2
+
+test: $(STAMP) gpt2-bpe
 	$(PY) -m ruff check .
 	$(PY) -m utils.nbtools check
 	$(TEST_ENV) $(PY) -m pytest tests $(CHAPTERS) --nbmake --nbmake-timeout=900 --timeout=900 --durations=15
 
-unit: $(STAMP)
+unit: $(STAMP) gpt2-bpe
 	$(TEST_ENV) $(PY) -m pytest tests
 
 notebooks: $(STAMP)
@@ -68,6 +78,15 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(TEST_ENV) OMP_NUM_THREADS=$$(nproc) $(PY) -m bench.run  # benchmarks use every core
+
+# The wheels bench/gpu_device.sh installs on a GPU machine that lacks them (CPython 3.12, x86-64): about 45 MB.
+GPU_WHEELS := bitsandbytes==0.50.2 trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	@$(PY) -c 'import pathlib, sys; n = sum(p.stat().st_size for p in pathlib.Path(".whl").glob("*.whl")); \
+		print(f".whl/: {n / 2**20:.1f} MiB"); sys.exit(0 if n < 60 * 2**20 else "over the 64 MiB a device run carries")'
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

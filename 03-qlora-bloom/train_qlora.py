@@ -95,6 +95,7 @@ def main(argv=None) -> int:
     from trl import SFTConfig, SFTTrainer
 
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1  # started by torchrun / accelerate launch
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
     seed_everything(args.seed)
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
         fp16=dtype == torch.float16,
         bf16=dtype == torch.bfloat16,
         use_cpu=not on_gpu,
-        ddp_backend=None if on_gpu else "gloo",
+        ddp_backend="gloo" if distributed and not on_gpu else None,  # gloo for CPU processes; one process: none
         ddp_find_unused_parameters=False,
         activation_checkpointing=True,  # transformers 5's name for gradient checkpointing
         activation_checkpointing_kwargs={"use_reentrant": False},

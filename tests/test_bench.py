@@ -121,3 +121,30 @@ def test_gpu_section_builds_random_quantized_models_on_cpu():
     assert "Linear8bitLt" in {type(m).__name__ for m in peft_model.modules()}
     result = measure(peft_model, 1024, recipe, cpu, torch.bfloat16, warmup=1, steps=1)
     assert result["tokens_per_s"] > 0 and result["peak_bytes"] > 0
+
+
+def test_gpu_section_runs_the_t4_recipe_on_cpu(tmp_path):
+    """bench/gpu.py's CPU part: fp16 autocast with an enabled GradScaler on fp32 LoRA weights, chapter 03's loss
+    through trl's fused LM head, and the results written into their own section of a results file."""
+    from transformers import AutoConfig
+
+    from bench.gpu import HEADING, Recipe, lora_model, measure, predicted_bytes, replace_section
+    from utils.smoke import tiny_checkpoint
+
+    cpu = torch.device("cpu")
+    recipe = Recipe("t", "bigscience/bloom-7b1", 4, ("query_key_value",), rank=4, alpha=4, batch=2, seq=16,
+                    fused_head=True)
+    model = lora_model(AutoConfig.from_pretrained(tiny_checkpoint("bloom")), recipe, torch.float16, cpu)
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    result = measure(model, 1024, recipe, cpu, torch.float16, warmup=1, steps=1)
+    assert result["tokens_per_s"] > 0
+    # the budget the GPU run prints beside its measurement: chapter 03's, with the fused head
+    assert 7 * 2**30 < predicted_bytes(Recipe("r", "bigscience/bloom-7b1", 4, ("query_key_value",), batch=4, seq=256,
+                                              fused_head=True)) < 9 * 2**30
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmark results\n\n## 5. Before\n\nkept\n\n## 6. GPU: real-shape recipes, random weights"
+                       "\n\nold\n\n## 7. After\n\nkept too\n")
+    replace_section(results, HEADING, "new note", [{"recipe": "x", "tokens/s": 1.5}])
+    text = results.read_text()
+    assert "old" not in text and "new note" in text and text.count("kept") == 2 and "| x | 1.5 |" in text
+

@@ -150,3 +150,23 @@ def test_collate_pads_to_the_longest(tokenizer, train_records):
         assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (max(lengths) - n)
         assert (batch["labels"][row, n:] == -100).all() and (batch["input_ids"][row, n:] == tokenizer.pad_token_id).all()
     assert batch["input_ids"].dtype == torch.long
+
+
+def test_the_bad_record_demo_cut_fits_every_record_at_gpt2s_real_bpe():
+    """The notebook's demo cuts half the context of the record with the longest one; a fixed cut of 40 tokens, as it
+    had, fails at GPT-J's real tokenizer (the GPT-2 BPE), where some fixture contexts are shorter than that."""
+    from tools.real_width import gpt2_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(gpt2_tokenizer())
+    records = [r for r in load_squad(fixture_path("squad_train"), "train") if r["answers"]["text"]]
+    lengths = {r["id"]: len(tok(r["context"], add_special_tokens=False)["input_ids"]) for r in records}
+    shortest = min(records, key=lambda r: lengths[r["id"]])
+    assert lengths[shortest["id"]] < 40
+    with pytest.raises(CourseError, match="more than max_length"):  # what the old demo hit at real widths
+        encode_example(shortest, tok, max_length=len(encode_example(shortest, tok, 512)["input_ids"]) - 40)
+    good = max(records, key=lambda r: len(r["context"]))  # the notebook's choice
+    whole = encode_example(good, tok, 512)
+    short = encode_example(good, tok, max_length=len(whole["input_ids"]) - lengths[good["id"]] // 2)
+    assert short["context_tokens_cut"] == lengths[good["id"]] // 2
+    answer = [label for label in whole["labels"] if label != -100]
+    assert [label for label in short["labels"] if label != -100] == answer  # the answer kept whole

@@ -158,3 +158,74 @@ def test_resume_from_checkpoint_reaches_the_same_step(trained, tmp_path):
     again = {h["step"]: h["loss"] for h in resumed.state.log_history if "loss" in h}
     for step in again:  # same data order, weights and optimizer state: the same losses
         assert again[step] == pytest.approx(first[step], abs=1e-3)
+
+
+# --- the T4 recipe forced on a CPU: fp16 compute dtype, SFTConfig(fp16=True) -------------------------------------
+
+
+def _train_qlora_module():
+    import importlib.util
+
+    from utils.paths import ROOT
+
+    spec = importlib.util.spec_from_file_location("train_qlora", ROOT / "03-qlora-bloom" / "train_qlora.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("cast_back", [True, False], ids=["as shipped", "without adapters_to_fp32"])
+def test_train_qlora_under_the_t4_recipe_steps_on_fp32_adapters(tmp_path, monkeypatch, cast_back):
+    """train_qlora.py with a T4's settings (fp16 compute dtype, SFTConfig(fp16=True)): every optimizer step sees
+    fp32 trainable parameters; without `adapters_to_fp32` it would see trl's bf16 ones (what broke on a T4)."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    train_qlora = _train_qlora_module()
+    monkeypatch.setattr(train_qlora, "pick_dtype", lambda device: torch.float16)
+    if not cast_back:
+        monkeypatch.setattr(train_qlora, "adapters_to_fp32", lambda model: 0)
+    seen, trainers = [], []
+    real_train = SFTTrainer.train
+    monkeypatch.setattr(SFTTrainer, "train", lambda self, *a, **k: trainers.append(self) or real_train(self, *a, **k))
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: seen.append({p.dtype for g in opt.param_groups for p in g["params"]}))
+    try:
+        assert train_qlora.main(["--model", tiny_checkpoint("bloom"), "--data", str(fixture_path("prompts")),
+                                 "--limit", "8", "--steps", "2", "--batch-size", "2", "--max-length", "64",
+                                 "--output-dir", str(tmp_path)]) == 0
+    finally:
+        handle.remove()
+    trainer = trainers[0]
+    assert trainer.args.fp16 and not trainer.args.bf16
+    import bitsandbytes as bnb
+
+    assert {m.compute_dtype for m in trainer.model.modules() if isinstance(m, bnb.nn.Linear4bit)} == {torch.float16}
+    assert len(seen) == 2
+    assert all(s == ({torch.float32} if cast_back else {torch.bfloat16}) for s in seen)
+
+
+def test_every_sfttrainer_gets_fp32_adapters_before_it_trains():
+    """In the notebook and the script, each SFTTrainer built is followed by adapters_to_fp32(<it>.model) before
+    <it>.train(): the order that the behavioural tests above prove necessary."""
+    import ast
+
+    import nbformat
+
+    from utils.paths import ROOT
+
+    sources = [ROOT / "03-qlora-bloom" / "train_qlora.py", ROOT / "03-qlora-bloom" / "02_qlora_bloom_sfttrainer.ipynb"]
+    checked = 0
+    for path in sources:
+        code = path.read_text() if path.suffix == ".py" else "\n".join(
+            c.source for c in nbformat.read(str(path), as_version=4).cells if c.cell_type == "code")
+        calls = [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call)]
+        trainers = {n.targets[0].id: n.lineno for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Assign)
+                    and isinstance(n.value, ast.Call) and isinstance(n.value.func, ast.Name)
+                    and n.value.func.id.endswith(("Trainer", "trainer_class"))}
+        for name, built in trainers.items():
+            cast = [c.lineno for c in calls if ast.unparse(c) == f"adapters_to_fp32({name}.model)"]
+            train = [c.lineno for c in calls if ast.unparse(c.func) == f"{name}.train"]
+            assert train, f"{path.name}: {name} never trains"
+            assert cast and built < min(cast) < min(train), f"{path.name}: {name} trains before adapters_to_fp32"
+            checked += 1
+    assert checked == 3  # the notebook's trainer and its resumed one, the script's

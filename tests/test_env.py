@@ -91,3 +91,27 @@ def test_peak_memory_sees_a_large_allocation_on_cpu() -> None:
 def test_key_figure_prints_the_collected_form(capsys) -> None:
     env.key_figure("accuracy", 0.75)
     assert capsys.readouterr().out == "Key figure: accuracy = 0.75\n"
+
+
+def test_release_memory_names_what_is_still_referenced() -> None:
+    from utils.errors import CourseError
+
+    model = torch.nn.Linear(4, 4)
+    holder = {"model": model}  # e.g. a trainer that still holds the model
+    watched = env.watch(model)
+    del model
+    with pytest.raises(CourseError, match="Linear is still referenced"):
+        env.release_memory("cpu", watched)
+    holder.clear()
+    assert env.release_memory("cpu", watched) == 0 and watched[0]() is None
+
+
+def test_release_memory_frees_reference_cycles() -> None:
+    class Trainer:  # a trainer and its callbacks refer to each other, as transformers' do
+        pass
+
+    trainer = Trainer()
+    trainer.me = trainer
+    watched = env.watch(trainer)
+    del trainer
+    assert env.release_memory("cpu", watched) == 0

@@ -24,7 +24,7 @@ from utils.paths import ROOT
 RECIPE_GPU_GB = {
     "01 six PEFT methods on bloomz-560m": 6,
     "02 GPT-J 6B 8-bit + LoRA": 11,  # 6.9 GiB weights and optimizer state (computed) + activations (estimate)
-    "03 bloom-7b1 4-bit QLoRA": 11,  # 10.2 GiB predicted by utils.memory_budget at batch 4 x 256
+    "03 bloom-7b1 4-bit QLoRA": 9,  # 8.3 GiB predicted by utils.memory_budget at batch 4 x 256 (trl's fused head)
     "04 gpt2-medium instruction fine-tune": 8,
     "05 GPT-2 124M pre-training loop": 4,
 }
@@ -209,14 +209,33 @@ def peak_memory(device=None, interval_s: float = 0.005) -> Iterator[PeakMemory]:
         result.peak_bytes = max(result.peak_bytes, process.memory_info().rss)
 
 
-def release_memory(device=None) -> int:
+def watch(*objects) -> list:
+    """Weak references to `objects` (models, trainers), for `release_memory` to check that they are really gone."""
+    import weakref
+
+    return [weakref.ref(obj) for obj in objects]
+
+
+def release_memory(device=None, watched=()) -> int:
     """Collect what Python no longer references and hand CUDA's cached blocks back; return the bytes still allocated
-    on `device` (0 on a CPU, where freed memory goes back to the process at once). `del` the models first."""
+    on `device` (0 on a CPU, where freed memory goes back to the process at once). `del` the models first.
+
+    `watched`: weak references from `watch(...)` taken before the `del`: if any object is still alive, something
+    still holds it (another variable, a trainer, a closure) and its memory is not free; that is a CourseError naming
+    it, before the next model is loaded on top (on a 16 GB T4, two 7B models do not fit).
+    """
     import gc
 
     import torch
 
+    from utils.errors import CourseError
+
     gc.collect()
+    alive = [ref() for ref in watched if ref() is not None]
+    if alive:
+        holders = [type(h).__name__ for obj in alive for h in gc.get_referrers(obj) if not isinstance(h, list)][:5]
+        raise CourseError(f"{', '.join(type(obj).__name__ for obj in alive)} is still referenced (by {holders}) "
+                          "after del: its memory was not released; delete every name that refers to it")
     device = torch.device(device) if device is not None else pick_device()
     if device.type != "cuda":
         return 0

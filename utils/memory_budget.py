@@ -3,7 +3,15 @@
 Peak memory = frozen weights (quantized linears, their quantization constants, the unquantized rest: embeddings,
 norms, biases, lm_head) + trainable state (LoRA weights, gradients and AdamW's two moments, all fp32: 16 bytes
 per trainable parameter) + activations kept for the backward pass (with or without gradient checkpointing) +
-logits (batch x sequence x vocabulary, upcast to fp32 for the loss) + the CUDA context.
+the loss's working memory (the full logits of a plain loop, or the tiles of trl's fused, chunked LM head) + the
+CUDA context.
+
+Two things the recipe does that a textbook budget misses. `prepare_model_for_kbit_training` upcasts the
+embeddings to fp32, so the residual stream between blocks, which gradient checkpointing keeps, is fp32
+(`residual_bytes=4`), twice what fp16 activations would take. And trl 1.16's SFTTrainer computes the loss through
+a fused LM head (`trl/trainer/utils.py` `add_fused_lm_head`, `trl/kernels/chunked_logprob.py`) that projects
+[4096 tokens x 32768 vocabulary] tiles and never holds the [batch, sequence, vocabulary] logits (`loss="fused"`);
+a plain loop (chapter 02) holds them (`loss="full"`).
 
 It counts parameters on a model built on the meta device (`utils.real_models.meta_model`), so the budget of
 bigscience/bloom-7b1 costs no memory and no download. Every term is a formula written out below; chapter 03's
@@ -25,6 +33,9 @@ CUDA_CONTEXT_BYTES = GIB // 2
 TRAINABLE_BYTES_PER_PARAM = 16
 #: A free Colab T4: 15 GiB of its 16 GB is usable by PyTorch.
 T4_USABLE_BYTES = 15 * GIB
+#: trl 1.16's fused LM head: tiles of this many tokens x this many vocabulary entries (trl/kernels/chunked_logprob.py
+#: TOKEN_CHUNK_SIZE, trl/trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE).
+FUSED_TOKEN_TILE, FUSED_VOCAB_TILE = 4096, 32768
 
 
 @dataclass(frozen=True)
@@ -133,6 +144,8 @@ def memory_budget(
     seq_len: int = 512,
     gradient_checkpointing: bool = True,
     activation_bytes: int = 2,
+    residual_bytes: int | None = None,
+    loss: str = "full",
     cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
     trainable_bytes: int = TRAINABLE_BYTES_PER_PARAM,
 ) -> MemoryBudget:
@@ -144,9 +157,15 @@ def memory_budget(
     activation value (2 in fp16/bf16 autocast, 4 in fp32). Activations follow Korthikanti et al. (2022),
     "Reducing Activation Recomputation in Large Transformer Models": s*b*h*(34 + 5*a*s/h) bytes per layer in
     16-bit; with gradient checkpointing only each layer's input (s*b*h values) is kept, plus one layer's full
-    activations while it is recomputed. Logits: the lm_head output in the compute dtype, its fp32 upcast and the
-    fp32 log-softmax that cross-entropy keeps for backward. trainable_bytes: 16 for fp32 LoRA weights with fp32
-    gradients and AdamW moments (trl >= 1.x casts a quantized model's adapters to bf16, which makes it 8).
+    activations while it is recomputed. residual_bytes: bytes per value of the residual stream that checkpointing
+    keeps at each block's input (default `activation_bytes`; 4 after `prepare_model_for_kbit_training`, which
+    makes the embeddings, and so the stream, fp32). loss: "full" holds the logits (the lm_head output in the
+    compute dtype, its fp32 upcast and the fp32 log-softmax that cross-entropy keeps for backward); "fused" is trl
+    1.16's chunked LM head: one [4096, 32768] tile in the compute dtype (and one [32768, hidden] slice of an fp32
+    lm_head cast to it), the fp32 gradient of the final hidden states and a few fp32 numbers per token, never the
+    logits. trainable_bytes: 16 for fp32 LoRA weights with fp32
+    gradients and AdamW moments (trl 1.16 casts a quantized model's adapters to bf16, which would make it 8; the
+    course casts them back).
     """
     check_choice("weight_bits", weight_bits, (4, 8, 16, 32), hint="4 (NF4), 8 (int8), 16 or 32 (not quantized)")
     check_int("batch_size", batch_size, minimum=1)
@@ -156,6 +175,9 @@ def memory_budget(
     check_choice("activation_bytes", activation_bytes, (1, 2, 4, 8), hint="2 in fp16/bf16 autocast, 4 in fp32")
     check_int("cuda_context_bytes", cuda_context_bytes, minimum=0)
     check_int("trainable_bytes", trainable_bytes, minimum=1)
+    check_choice("loss", loss, ("full", "fused"), hint="'full' (a plain loop's logits) or 'fused' (trl's chunked LM head)")
+    residual_bytes = activation_bytes if residual_bytes is None else residual_bytes
+    check_choice("residual_bytes", residual_bytes, (1, 2, 4, 8), hint="4 after prepare_model_for_kbit_training (fp32)")
     n = budget_parameter_counts(model, target_modules=target_modules, lora_r=lora_r)
     s, b, h, a = seq_len, batch_size, n.hidden, n.heads
     quantized = weight_bits < 16
@@ -167,16 +189,24 @@ def memory_budget(
         constants = 0.0
     full_layer = s * b * h * (34 + 5 * a * s / h) * activation_bytes / 2
     if gradient_checkpointing:
-        activations = n.layers * s * b * h * activation_bytes + full_layer
+        activations = n.layers * s * b * h * residual_bytes + full_layer
     else:
         activations = n.layers * full_layer
+    tokens = b * s
+    if loss == "full":
+        logits = tokens * n.vocab * (activation_bytes + 4 + 4)
+    else:  # one tile at a time; the gradient of the hidden states accumulates in fp32; 8 fp32 statistics per token
+        tile = min(tokens, FUSED_TOKEN_TILE) * min(n.vocab, FUSED_VOCAB_TILE) * activation_bytes
+        # an fp32 lm_head (after prepare) is cast to the compute dtype one [32768, hidden] slice at a time
+        weight_slice = min(n.vocab, FUSED_VOCAB_TILE) * h * activation_bytes if unquantized_bytes != activation_bytes else 0
+        logits = tile + weight_slice + tokens * h * 4 + tokens * 8 * 4
     terms = {
         "quantized weights": n.quantized * weight_bits / 8 if quantized else 0.0,
         "quantization constants": constants,
         "unquantized weights": (n.unquantized + (0 if quantized else n.quantized)) * unquantized_bytes,
         "LoRA weights + grads + AdamW": n.lora * trainable_bytes,
         "activations": activations,
-        "logits": b * s * n.vocab * (activation_bytes + 4 + 4),
+        "logits" if loss == "full" else "loss (fused LM head)": logits,
         "CUDA context": cuda_context_bytes,
     }
     return MemoryBudget(terms)

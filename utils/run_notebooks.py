@@ -8,6 +8,7 @@ Face Hub; `--full` (`make run FULL=1`) runs the real models. Each executed copy 
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import re
 import sys
@@ -50,6 +51,83 @@ def choose_smoke(full: bool) -> bool:
     return not (torch.cuda.is_available() and hub_reachable())
 
 
+@dataclass(frozen=True)
+class Expr:
+    """A parameter value given as Python source (evaluated in the notebook), not as a literal."""
+
+    source: str
+
+
+def _value_source(value: object) -> str:
+    if isinstance(value, Expr):
+        return value.source
+    if isinstance(value, Path):
+        return repr(str(value))
+    try:  # only literals (str, numbers, lists, dicts, ...): fail here, not in the kernel
+        ast.literal_eval(repr(value))
+    except (ValueError, SyntaxError) as exc:
+        raise ValueError(f"parameter value {value!r} is not a Python literal: pass Expr('<source>')") from exc
+    return repr(value)
+
+
+def inject_parameters(nb, values: dict[str, object], full_mode_constants: dict[str, object] | None = None) -> list[str]:
+    """Change the values of the notebook's `parameters` cell, papermill's `-p NAME VALUE` done in place.
+
+    `values`: NAME -> new value for a name the cell assigns (alone or in a tuple assignment); the whole right-hand
+    side is replaced, so a full-mode expression that would download (`download(URL, ...)`) is never evaluated.
+    `full_mode_constants`: a string constant -> its replacement wherever it stands in a full-mode branch
+    (`... if SMOKE else "<constant>"`), e.g. a Hub model id -> a local checkpoint of the same widths.
+    Nothing outside the parameters cell changes. Returns what was replaced; a NAME the cell does not assign is
+    an error (a misspelt parameter must not pass silently).
+    """
+    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    if cell is None:
+        raise ValueError("the notebook has no cell tagged 'parameters'")
+    lines = cell.source.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+
+    def position(lineno: int, col: int) -> int:
+        return offsets[lineno - 1] + len(lines[lineno - 1].encode("utf-8")[:col].decode("utf-8"))
+
+    edits: list[tuple[int, int, str]] = []
+    done: list[str] = []
+    tree = ast.parse(cell.source)
+    for node in tree.body:
+        if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+            continue
+        target, value = node.targets[0], node.value
+        pairs = [(target, value)]
+        if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) and len(target.elts) == len(value.elts):
+            pairs = list(zip(target.elts, value.elts, strict=True))
+        for name_node, value_node in pairs:
+            if isinstance(name_node, ast.Name) and name_node.id in values:
+                edits.append((position(value_node.lineno, value_node.col_offset),
+                              position(value_node.end_lineno, value_node.end_col_offset),
+                              _value_source(values[name_node.id])))
+                done.append(name_node.id)
+    missing = sorted(set(values) - set(done))
+    if missing:
+        raise ValueError(f"the parameters cell assigns no {missing}")
+    covered = [(a, b) for a, b, _ in edits]
+    for node in ast.walk(tree):
+        if (full_mode_constants and isinstance(node, ast.IfExp) and isinstance(node.test, ast.Name)
+                and node.test.id == "SMOKE"):
+            for const in ast.walk(node.orelse):
+                if isinstance(const, ast.Constant) and const.value in full_mode_constants:
+                    start = position(const.lineno, const.col_offset)
+                    end = position(const.end_lineno, const.end_col_offset)
+                    if not any(a <= start and end <= b for a, b in covered):
+                        edits.append((start, end, _value_source(full_mode_constants[const.value])))
+                        done.append(str(const.value))
+    source = cell.source
+    for start, end, text in sorted(edits, reverse=True):
+        source = source[:start] + text + source[end:]
+    cell.source = source
+    return done
+
+
 def key_figures(nb) -> str:
     """The `Key figure: ...` lines a notebook printed, joined."""
     found = []
@@ -60,14 +138,19 @@ def key_figures(nb) -> str:
     return "; ".join(found)
 
 
-def execute(path: Path, out_dir: Path, cell_timeout_s: int) -> Result:
-    """Run one notebook in a fresh kernel, in its own folder, and save the executed copy (and HTML)."""
+def execute(path: Path, out_dir: Path, cell_timeout_s: int, parameters: dict[str, object] | None = None,
+            full_mode_constants: dict[str, object] | None = None) -> Result:
+    """Run one notebook in a fresh kernel, in its own folder, and save the executed copy (and HTML).
+
+    `parameters` and `full_mode_constants` change the parameters cell's values first (`inject_parameters`)."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(str(path), as_version=4)
+    if parameters or full_mode_constants:
+        inject_parameters(nb, parameters or {}, full_mode_constants)
     client = NotebookClient(nb, timeout=cell_timeout_s, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()

@@ -1,8 +1,8 @@
 """SQuAD v2 for chapter 02: flat records, the instruction prompt, tokenization with the loss on the answer only,
 padding to the longest in a batch, and the official SQuAD v2 metric (exact match and F1, HasAns / NoAns).
 
-Chapter 02's notebook writes the data functions out (a test proves the two copies identical); the metric is
-plumbing that the notebook imports, tested on hand-worked cases in tests/test_ch02_squad_metric.py.
+Chapter 02's notebook writes the data and training functions out (a test proves the two copies identical); the
+metric is plumbing that the notebook imports, tested on hand-worked cases in tests/test_ch02_squad_metric.py.
 """
 
 from __future__ import annotations
@@ -242,6 +242,85 @@ def collate_squad_batch(batch: list[dict], pad_token_id: int) -> dict:
         labels[row, :n] = torch.tensor(example["labels"])
         attention_mask[row, :n] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+# ---------------------------------------------------------------- training: mixed precision, a checkpoint every epoch
+
+
+def squad_train_epoch(model, batches, optimizer, scaler, grad_accum: int, pad_token_id: int, amp_dtype=None,
+                      desc: str = "epoch") -> list[float]:
+    """One epoch of LoRA training; returns the loss of each optimizer step.
+
+    The forward runs under autocast in `amp_dtype` (fp16 on a T4, bf16 on newer GPUs; None: no autocast, fp32 on a
+    CPU), so the matmuls and bitsandbytes' backward run in 16 bits while the LoRA weights, their gradients and
+    AdamW's state stay fp32. `scaler` (a `torch.amp.GradScaler`, enabled for fp16) multiplies the loss before
+    backward so that small fp16 gradients do not flush to zero, unscales them before the step, and skips a step
+    whose gradients overflowed. The loss is divided by the batches in each optimizer step (gradient accumulation).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    model.train()
+    device = model.device
+    losses = []
+    for i, examples in enumerate(tqdm(batches, desc=desc)):
+        group = min(grad_accum, len(batches) - i // grad_accum * grad_accum)  # batches in this optimizer step
+        batch = {n: t.to(device) for n, t in collate_squad_batch(examples, pad_token_id).items()}
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            loss = model(**batch).loss / group
+        scaler.scale(loss).backward()
+        if i % grad_accum == 0:
+            losses.append(0.0)
+        losses[-1] += loss.item()
+        if (i + 1) % grad_accum == 0 or i + 1 == len(batches):
+            scaler.step(optimizer)  # unscale, then step (skipped if an fp16 gradient is inf or nan)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+    return losses
+
+
+def save_training_state(folder: str | os.PathLike, model, optimizer, scaler, state: dict, best_adapter: dict) -> Path:
+    """Save what resuming needs into `folder`: the adapter and the best adapter so far (safetensors), the optimizer
+    and GradScaler state (tensors-only torch files, read back with weights_only=True) and the loop's counters and
+    history (JSON). Written into a temporary folder and renamed, so a crash never leaves a half-written epoch."""
+    import json
+    import shutil
+
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    adapter = get_peft_model_state_dict(model)
+    save_file({k: v.detach().contiguous().cpu() for k, v in adapter.items()}, str(tmp / "adapter.safetensors"))
+    save_file({k: v.detach().contiguous().cpu() for k, v in best_adapter.items()}, str(tmp / "best_adapter.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scaler.state_dict(), tmp / "scaler.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def load_training_state(folder: str | os.PathLike, model, optimizer, scaler) -> tuple[dict, dict]:
+    """Restore the adapter, optimizer and GradScaler saved by `save_training_state`; return (state, best adapter)."""
+    import json
+
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not (folder / "state.json").is_file():
+        raise CourseError(f"{folder} holds no saved epoch (no state.json): nothing to resume from")
+    set_peft_model_state_dict(model, load_file(str(folder / "adapter.safetensors"), device=str(model.device)))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location=model.device))
+    scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=True))
+    best = load_file(str(folder / "best_adapter.safetensors"))
+    return json.loads((folder / "state.json").read_text(encoding="utf-8")), best
 
 
 # ---------------------------------------------------------------- the official SQuAD v2 metric

@@ -1,0 +1,195 @@
+"""Chapter 02's full-mode path where a CPU can show it: the T4 recipe's fp16 autocast with a GradScaler and fp32 LoRA
+weights, a checkpoint every epoch that a resumed run continues from, and GPT-J's float16 branch (a .bin only)
+loaded with weights_only and mmap and without the background safetensors-conversion look-up."""
+
+from __future__ import annotations
+
+import ast
+import logging
+import threading
+
+import nbformat
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from utils.errors import CourseError
+from utils.hub import hub_errors
+from utils.paths import ROOT
+from utils.smoke import fixture_path, tiny_checkpoint
+from utils.squad import encode_records, load_squad, load_training_state, save_training_state, squad_train_epoch
+
+logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+NOTEBOOK = ROOT / "02-lora-gptj" / "01_lora_gptj_squad.ipynb"
+
+
+def lora_model(seed: int = 0):
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint("gptj"), dtype=torch.float16, device_map={"": "cpu"},
+                                                 quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+    torch.manual_seed(seed)
+    return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"],
+                                            lora_dropout=0.05, bias="none", task_type="CAUSAL_LM"))
+
+
+@pytest.fixture(scope="module")
+def batches():
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint("gptj"))
+    examples, _ = encode_records(load_squad(fixture_path("squad_train"), "train", n=12), tok, 256)
+    return [examples[i:i + 4] for i in range(0, 12, 4)], tok.eos_token_id
+
+
+def lora_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+@pytest.mark.parametrize("amp_dtype", [torch.float16, None], ids=["fp16-autocast-gradscaler", "fp32"])
+def test_an_epoch_under_the_t4_recipe_trains_fp32_lora_with_16_bit_matmuls(batches, amp_dtype):
+    """The T4 recipe forced on a CPU: fp16 autocast and an enabled GradScaler. The optimizer is built on fp32 LoRA
+    weights and they stay fp32; the projections compute (and so backpropagate) in fp16; the loss falls."""
+    data, pad = batches
+    model = lora_model()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    assert {p.dtype for g in optimizer.param_groups for p in g["params"]} == {torch.float32}
+    scaler = torch.amp.GradScaler("cpu", enabled=amp_dtype == torch.float16)
+    seen = set()
+    q_proj = model.base_model.model.transformer.h[0].attn.q_proj
+    hook = q_proj.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+    before = lora_state(model)
+    losses = []
+    for _ in range(4):
+        losses += squad_train_epoch(model, data, optimizer, scaler, grad_accum=1, pad_token_id=pad,
+                                    amp_dtype=amp_dtype)
+    hook.remove()
+    assert seen == {amp_dtype or torch.float32}
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+    assert any(not torch.equal(before[k], v) for k, v in lora_state(model).items())
+    if amp_dtype == torch.float16:
+        assert scaler.get_scale() > 1.0  # the loss was scaled before backward
+
+
+def test_gradient_accumulation_steps_once_per_group(batches):
+    data, pad = batches
+    model = lora_model()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    steps = []
+    optimizer.register_step_post_hook(lambda *_: steps.append(1))
+    losses = squad_train_epoch(model, data, optimizer, torch.amp.GradScaler("cpu", enabled=False), grad_accum=2,
+                               pad_token_id=pad)
+    assert len(losses) == len(steps) == 2  # 3 batches: a group of 2, then the last one alone
+
+
+def test_a_resumed_run_ends_with_the_uninterrupted_runs_adapter(batches, tmp_path):
+    data, pad = batches
+
+    def run(epochs, resume_from=None):
+        model = lora_model()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        start = 0
+        if resume_from is not None:
+            state, best = load_training_state(resume_from, model, optimizer, scaler)
+            torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
+            start = state["epoch"]
+            assert set(best) == set(lora_state(model))
+        else:
+            torch.manual_seed(1)
+        for epoch in range(start + 1, epochs + 1):
+            squad_train_epoch(model, data, optimizer, scaler, grad_accum=2, pad_token_id=pad)
+            save_training_state(tmp_path / f"epoch{epoch}", model, optimizer, scaler,
+                                {"epoch": epoch, "rng": torch.get_rng_state().tolist()}, lora_state(model))
+        return lora_state(model)
+
+    uninterrupted = run(2)
+    resumed = run(2, resume_from=tmp_path / "epoch1")
+    assert uninterrupted.keys() == resumed.keys()
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+    saved = sorted(p.name for p in (tmp_path / "epoch1").iterdir())
+    assert saved == ["adapter.safetensors", "best_adapter.safetensors", "optimizer.pt", "scaler.pt", "state.json"]
+
+
+def test_a_crash_while_saving_keeps_the_last_complete_epoch(batches, tmp_path, monkeypatch):
+    model = lora_model()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    save_training_state(tmp_path / "last", model, optimizer, scaler, {"epoch": 1}, lora_state(model))
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_training_state(tmp_path / "last", model, optimizer, scaler, {"epoch": 2}, lora_state(model))
+    monkeypatch.undo()
+    state, _ = load_training_state(tmp_path / "last", model, optimizer, scaler)
+    assert state == {"epoch": 1}
+    with pytest.raises(CourseError, match="no saved epoch"):
+        load_training_state(tmp_path / "nothing", model, optimizer, scaler)
+
+
+def notebook_loader():
+    """The notebook's own `load_gptj_8bit` (and what it uses), compiled from its cell."""
+    nb = nbformat.read(str(NOTEBOOK), as_version=4)
+    source = next(c.source for c in nb.cells if "def load_gptj_8bit" in c.source)
+    tree = ast.parse(source)
+    keep = [n for n in tree.body if isinstance(n, ast.FunctionDef) or (
+        isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name) and n.targets[0].id == "CHECKPOINTING")]
+    import os
+
+    namespace = {"os": os, "torch": torch, "AutoModelForCausalLM": AutoModelForCausalLM,
+                 "BitsAndBytesConfig": BitsAndBytesConfig, "prepare_model_for_kbit_training": prepare_model_for_kbit_training,
+                 "hub_errors": hub_errors}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), str(NOTEBOOK), "exec"), namespace)  # noqa: S102
+    return namespace["load_gptj_8bit"]
+
+
+@pytest.fixture
+def bin_only_hub(tmp_path, monkeypatch):
+    """A Hub that serves a revision holding only pytorch_model.bin (as GPT-J's float16 branch does), and records
+    every torch.load call and every background thread transformers starts."""
+    import transformers.modeling_utils as mu
+    import transformers.utils.hub as hub
+
+    folder = tmp_path / "gptj-float16"
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint("gptj"), dtype=torch.float16)
+    model.config.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    real_cached_files = hub.cached_files
+
+    def cached_files(path_or_repo_id, filenames, **kwargs):
+        if path_or_repo_id != "EleutherAI/gpt-j-6b":
+            return real_cached_files(path_or_repo_id, filenames, **kwargs)
+        found = [str(folder / f) for f in filenames if (folder / f).is_file()]
+        return found or None
+
+    loads, threads = [], []
+    real_load = torch.load
+    monkeypatch.setattr(hub, "cached_files", cached_files)
+    monkeypatch.setattr(mu, "has_file", lambda *a, **k: False)
+    monkeypatch.setattr(mu, "is_offline_mode", lambda: False)  # online, as on Colab
+    monkeypatch.setattr(mu, "auto_conversion", lambda *a, **k: pytest.fail("auto_conversion ran"))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k) or real_load(*a, **k))
+
+    class RecordingThread(threading.Thread):
+        def start(self):
+            threads.append(self.name)
+
+    monkeypatch.setattr(mu, "Thread", RecordingThread)
+    monkeypatch.delenv("DISABLE_SAFETENSORS_CONVERSION", raising=False)
+    return loads, threads
+
+
+def test_the_float16_branch_loads_its_own_bin_with_weights_only_and_mmap(bin_only_hub):
+    loads, threads = bin_only_hub
+    # the control: transformers' plain call starts the conversion look-up for a .bin-only revision
+    AutoModelForCausalLM.from_pretrained("EleutherAI/gpt-j-6b", revision="float16", dtype=torch.float16)
+    assert threads == ["Thread-auto_conversion"]
+    threads.clear()
+    loads.clear()
+    model = notebook_loader()("EleutherAI/gpt-j-6b", "float16", prepare=False)
+    assert threads == [], "the notebook's loader must not start the safetensors conversion look-up"
+    assert loads and all(k.get("weights_only") is True and k.get("mmap") is True for k in loads)
+    assert type(model.transformer.h[0].attn.q_proj).__name__ == "Linear8bitLt"
