@@ -44,9 +44,15 @@ T4_RECIPES: dict[str, tuple[float, ...]] = {
     "04-instruction-gpt2/02_lora_from_scratch.ipynb": (3.55e8, 2 * 100 * 8 * 90, 0, 0),
     # 4 training passes x 135 steps x 2 x 256 tokens (GPT-2 124M from scratch)
     "05-lr-schedules/01_warmup_cosine_clipping.ipynb": (1.24e8, 4 * 135 * 512, 0, 0),
-    # six methods x 150 steps x 8 x ~30 tokens on bloomz-560m
-    "01-peft-setup/01_peft_methods.ipynb": (5.59e8, 6 * 150 * 8 * 30, 0, 0),
+    # chapter 01 (fp32, see T4_FP32_RECIPES): each method 250 steps x 8 reviews x ~30 tokens on bloomz-560m; the
+    # comparison six methods x 150 steps
+    **{f"01-peft-setup/{name}.ipynb": (5.59e8, 250 * 8 * 30, 0, 0) for name in (
+        "02_prompt_tuning", "03_p_tuning", "04_prefix_tuning", "05_lora", "06_ia3", "07_adalora")},
+    "01-peft-setup/08_peft_methods_compared.ipynb": (5.59e8, 6 * 150 * 8 * 30, 0, 0),
 }
+T4_FP32_FLOPS = 8.1e12  # NVIDIA's figure for the T4 in fp32 (no tensor cores)
+#: Recipes that train in fp32 (chapter 01's bloomz-560m fits a T4 unquantized and without autocast)
+T4_FP32_RECIPES = {name for name in T4_RECIPES if name.startswith("01-peft-setup/")}
 
 
 def t4_estimate_s(notebook: str) -> float | None:
@@ -55,7 +61,8 @@ def t4_estimate_s(notebook: str) -> float | None:
         return None
     n, train_tokens, new_tokens, bytes_per_token, *reread = T4_RECIPES[notebook]
     flops = 6 * n * train_tokens + 2 * n * sum(reread)
-    return flops / (T4_FP16_FLOPS * T4_UTILISATION) + new_tokens * bytes_per_token / T4_BANDWIDTH
+    rate = T4_FP32_FLOPS if notebook in T4_FP32_RECIPES else T4_FP16_FLOPS
+    return flops / (rate * T4_UTILISATION) + new_tokens * bytes_per_token / T4_BANDWIDTH
 
 
 def load() -> dict:
@@ -67,6 +74,7 @@ def record(section: str, rows: list[dict], meta: dict) -> None:
     data = load()
     old = {r["notebook"]: r for r in data.get(section, {}).get("rows", [])}
     old.update({r["notebook"]: r for r in rows})
+    old = {name: row for name, row in old.items() if (ROOT / name).is_file()}  # notebooks renamed or removed go
     data[section] = {"meta": {**data.get(section, {}).get("meta", {}), **meta}, "rows": sorted(old.values(),
                                                                                            key=lambda r: r["notebook"])}
     DATA.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +132,8 @@ def write_table(data: dict | None = None) -> str:
         "",
         f"**T4 estimates**: training FLOPs (6 x parameters x training tokens: forward, the recomputation of gradient "
         f"checkpointing, backward; 2 x parameters per token a generation without a KV cache re-reads) over the T4's "
-        f"{T4_FP16_FLOPS / 1e12:.0f} TFLOP/s fp16 at an assumed "
+        f"{T4_FP16_FLOPS / 1e12:.0f} TFLOP/s fp16 ({T4_FP32_FLOPS / 1e12:.1f} TFLOP/s fp32 for chapter 01, which "
+        f"trains bloomz-560m unquantized in fp32) at an assumed "
         f"{T4_UTILISATION:.0%} utilisation, plus generation at {T4_BANDWIDTH / 1e9:.0f} GB/s (every weight read once "
         "per new token); downloads, loading, evaluation loops and Python overhead not included, so each is a lower "
         "bound on the wall time. The recipe sizes are in tools/times.py. Estimates, not measurements: "
