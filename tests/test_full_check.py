@@ -76,6 +76,24 @@ def test_every_notebooks_plan_fits_its_parameters_cell(path, monkeypatch):
     inject_parameters(nb, full_check.parameters_for(path), full_check.hub_ids())
     missing = _full_mode_constants(path) - set(HUB_IDS)
     assert not missing, f"full mode names {missing}: give them a stand-in in tools/full_check.py's hub_ids"
+    by_name = _full_mode_names(path) - set(full_check.parameters_for(path))
+    assert not by_name, f"full mode reads {by_name} through an imported name: give them a value in the plan"
+
+
+def _full_mode_names(path) -> set[str]:
+    """Parameters whose full-mode value is a name (a Hub id imported from utils, say), which injection cannot map."""
+    cell = next(c for c in nbformat.read(str(path), as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    return {target.id for node in ast.parse(cell.source).body if isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.IfExp) and getattr(node.value.test, "id", "") == "SMOKE"
+            and isinstance(node.value.orelse, ast.Name) for target in node.targets if isinstance(target, ast.Name)}
+
+
+def test_a_full_mode_value_read_through_a_name_is_found(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell('SOURCE = "fixture.jsonl" if SMOKE else DATASET\nN = 3 if SMOKE else 9',
+                                          metadata={"tags": ["parameters"]})]
+    nbformat.write(nb, str(tmp_path / "x.ipynb"))
+    assert _full_mode_names(tmp_path / "x.ipynb") == {"SOURCE"}
 
 
 HUB_IDS = ["bigscience/bloomz-560m", "bigscience/bloom-7b1", "EleutherAI/gpt-j-6b", "openai-community/gpt2-medium",

@@ -54,8 +54,13 @@ def hub_ids() -> dict[str, str]:
     }
 
 
-#: Applied to any notebook whose parameters cell assigns the name (chapter 01's notebooks, however many).
-DEFAULTS: dict[str, object] = {"STEPS": 3, "MAX_NEW_TOKENS": 8}
+#: Applied to any notebook whose parameters cell assigns the name (chapter 01's notebooks, however many, whose
+#: full mode reads Rotten Tomatoes' train and validation splits from the Hub); PLANS below override them.
+DEFAULTS: dict[str, object] = {
+    "STEPS": 3, "MAX_NEW_TOKENS": 8,
+    "TRAIN_SOURCE": str(fixture_path("rotten_tomatoes_train")),
+    "EVAL_SOURCE": str(fixture_path("rotten_tomatoes_validation")),
+}
 
 #: Per notebook: the sizes a CPU can run at real widths (batch sizes and sequence lengths stay the recipes').
 PLANS: dict[str, dict[str, object]] = {
