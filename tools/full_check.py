@@ -3,8 +3,8 @@
 Full mode (COURSE_SMOKE=0) with the Hub and the network closed. Only the parameters cell's values change
 (utils.run_notebooks.inject_parameters, papermill's `-p` done in place): each Hub model id in a full-mode branch
 becomes a real-width checkpoint of that model (tools/real_width.py: the published config, one or two blocks,
-random weights, saved as the Hub stores it), each dataset the course's fixture in the real schema (or the real
-file where shared/ has it), and the step counts small enough for a CPU. Everything after the parameters cell is
+random weights, saved as the Hub stores it), each dataset the course's fixture in the real schema (The Verdict
+itself for chapter 05), and the step counts small enough for a CPU. Everything after the parameters cell is
 the full-mode code a learner runs. `03-qlora-bloom/train_qlora.py` runs too, on the real-width bloom-7b1.
 
 It fails on any error, and records each run's wall time and peak memory (the kernel's resident set, sampled)
@@ -33,13 +33,6 @@ from utils.run_notebooks import Expr, execute
 from utils.smoke import fixture_path
 
 OUT = BUILD_DIR / "full-check"
-SHARED = ROOT.parent / "shared" / "data"  # the real instruction data and The Verdict, where this machine has them
-
-
-def _real_or_fixture(name: str, fixture: str) -> str:
-    return str(SHARED / name) if (SHARED / name).is_file() else str(fixture_path(fixture))
-
-
 def hub_ids() -> dict[str, str]:
     """Hub ids the parameters cells name for full mode -> the local real-width stand-in."""
     from tools.real_width import gpt2_tokenizer, real_width_checkpoint
@@ -74,7 +67,7 @@ PLANS: dict[str, dict[str, object]] = {
     },
     "04-instruction-gpt2/02_lora_from_scratch.ipynb": {"DATA_SOURCE": str(fixture_path("instructions")), "STEPS": 4},
     "05-lr-schedules/01_warmup_cosine_clipping.ipynb": {
-        "TEXT_FILE": _real_or_fixture("the-verdict.txt", "story"),
+        "TEXT_FILE": str(fixture_path("the_verdict")),
         "GPT_CONFIG": Expr('{**GPT_CONFIG_124M, "context_length": 256, "n_layers": 2}'), "NUM_EPOCHS": 2,
     },
 }

@@ -36,6 +36,9 @@ FIXTURES: dict[str, str] = {
     "squad_validation": "squad_v2_validation.json",
     "prompts": "awesome_prompts.csv",
     "story": "story.txt",
+    # Edith Wharton's short story (1908, public domain), the file chapter 05's full mode downloads: make full-check
+    # reads it at GPT-2's real widths, where the short story above has fewer tokens than one context window.
+    "the_verdict": "the-verdict.txt",
     "reviews": "reviews.jsonl",
     # Chapter 01's task: Rotten Tomatoes movie reviews in the Hub dataset's schema (`text`, `label` 0/1). Not in
     # the tokenizer corpus below: adding a file there changes every tiny checkpoint.
