@@ -27,7 +27,7 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-colab.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-colab.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed, found " + sys.version)'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): install python3-venv"; exit 1; }
 	$(PY) -m pip install -q --upgrade pip
@@ -39,10 +39,11 @@ $(STAMP): requirements.txt requirements-colab.txt requirements-dev.txt
 			|| { echo "could not install $(TORCH_CPU)"; exit 1; }; \
 	fi
 	$(PY) -m pip install -q -r requirements-dev.txt || { echo "pip could not install the pinned stack (see above)"; exit 1; }
+	$(PY) -m pip install -q --no-deps $$($(PY) -c "import setuptools" 2>/dev/null && echo --no-build-isolation) -e . || { echo "pip could not install the course itself (pyproject.toml)"; exit 1; }
 	@touch $(STAMP)
 
 run: $(STAMP)
-	env -u MPLBACKEND $(if $(FULL),COURSE_SMOKE=0) $(PY) -m utils.run_notebooks $(if $(FULL),--full)
+	env -u MPLBACKEND $(if $(FULL),COURSE_SMOKE=0) $(PY) -m tools.run_notebooks $(if $(FULL),--full)
 
 # The real GPT-2 BPE, from the openai-whisper sdist on PyPI (cached in .cache/real-width/; before the offline tests).
 gpt2-bpe: $(STAMP)
@@ -55,7 +56,7 @@ full-check: $(STAMP) gpt2-bpe
 
 test: $(STAMP) gpt2-bpe
 	$(PY) -m ruff check .
-	$(PY) -m utils.nbtools check
+	$(PY) -m tools.nbtools check
 	$(TEST_ENV) $(PY) -m pytest tests $(CHAPTERS) --nbmake --nbmake-timeout=900 --timeout=900 --durations=15
 
 unit: $(STAMP) gpt2-bpe
@@ -68,10 +69,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 strip: $(STAMP)
-	$(PY) -m utils.nbtools strip
+	$(PY) -m tools.nbtools strip
 
 sync: $(STAMP)
-	$(PY) -m utils.nbtools sync
+	$(PY) -m tools.nbtools sync
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.open_browser=False

@@ -20,12 +20,9 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from utils.env import pick_dtype, seed_everything  # noqa: E402
-from utils.hub import hub_errors  # noqa: E402
-from utils.quantization import adapters_to_fp32, check_target_modules, load_prompt_dataset, require_4bit_support  # noqa: E402, E501
+from utils.env import pick_dtype, seed_everything
+from utils.hub import hub_errors
+from utils.quantization import adapters_to_fp32, check_target_modules, load_prompt_dataset, require_4bit_support  # noqa: E501
 
 
 def _positive(kind):

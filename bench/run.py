@@ -332,8 +332,8 @@ def bench_notebooks() -> list[dict]:
     """Execute every notebook in smoke mode, one after another, in fresh kernels; wall seconds each."""
     import tempfile
 
-    from utils.nbtools import notebooks
-    from utils.run_notebooks import execute
+    from tools.nbtools import notebooks
+    from tools.run_notebooks import execute
 
     os.environ.update(COURSE_SMOKE="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     rows = []
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         add("4b. Real tokens per second of a training epoch", "", speed)
     if args.notebooks:
         add("5. Smoke-mode wall time per notebook",
-            "Each notebook executed in a fresh kernel (utils.run_notebooks.execute), one after another, smoke mode.",
+            "Each notebook executed in a fresh kernel (tools.run_notebooks.execute), one after another, smoke mode.",
             bench_notebooks())
     if "gpu" in only:
         from bench.gpu import bench_gpu

@@ -16,17 +16,28 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tools.nbtools import COLAB_DIR, setup_source
 from utils.colab import MIN_PYTHON, check_runtime, torch_range
 from utils.errors import CourseError
-from utils.nbtools import COLAB_DIR, setup_source
 from utils.paths import REPO_URL, ROOT
+
+# This kernel's Python has the working tree installed editable (make setup); a fresh Colab runtime has no course.
+HIDE_INSTALLED_COURSE = '''import sys
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+'''
 
 STANDIN_PIP = '''import json, os, pathlib, sys
 with open(os.environ["STANDIN_PIP_LOG"], "a") as log:
     log.write(json.dumps(sys.argv[1:]) + "\\n")
-if os.environ.get("STANDIN_PIP_FAIL"):
+if os.environ.get("STANDIN_PIP_FAIL") and "--editable" not in sys.argv:
     sys.exit("ERROR: No matching distribution found for " + sys.argv[-1])
 site = pathlib.Path(__file__).resolve().parent.parent  # first on sys.path: what it "installs" shadows the real one
+if "--editable" in sys.argv:  # the course itself: metadata and the .pth that puts the clone on the path, as pip does
+    project = sys.argv[sys.argv.index("--editable") + 1]
+    info = site / "peft_course-1.0.0.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\\nName: peft-course\\nVersion: 1.0.0\\n")
+    (site / "__editable__.peft_course-1.0.0.pth").write_text(project + "\\n")
 for spec in sys.argv[1:]:
     if "==" in spec:
         name, version = spec.split("==")
@@ -65,6 +76,7 @@ def _run_on_colab(tmp_path: Path, monkeypatch, cells: list[str], pip_fails: bool
     standins = tmp_path / "standins"
     (standins / "google" / "colab").mkdir(parents=True)  # `google` stays a namespace package (protobuf lives there)
     (standins / "google" / "colab" / "__init__.py").write_text('"""Stand-in for Colab\'s module."""\n')
+    (standins / "sitecustomize.py").write_text(HIDE_INSTALLED_COURSE)
     (standins / "pip").mkdir()
     (standins / "pip" / "__init__.py").write_text("")
     (standins / "pip" / "__main__.py").write_text(STANDIN_PIP)
@@ -103,7 +115,8 @@ def test_setup_cell_clones_installs_what_is_missing_and_a_second_run_changes_not
     assert "Installed: course-standin-package (new) -> 1.0" in first
     assert "already installed" in again and "nothing changed" in again
     assert used.strip() == str(content / "utils" / "__init__.py")  # the notebook's imports work, from the clone
-    assert pip_calls == [["install", "--quiet", "course-standin-package==1.0"]]  # only what was missing, once
+    assert pip_calls == [["install", "--quiet", "--no-deps", "--editable", str(content)],  # the course, once
+                         ["install", "--quiet", "course-standin-package==1.0"]]  # only what was missing, once
 
 
 def test_a_failed_clone_names_repo_url_and_what_to_do(tmp_path, monkeypatch):
@@ -119,7 +132,7 @@ def test_a_failed_install_names_the_package_and_what_to_do(tmp_path, monkeypatch
                                          pip_fails=True)
     assert "CourseError: pip could not install course-standin-package==1.0" in output
     assert "No matching distribution found for course-standin-package==1.0" in output
-    assert "fresh runtime" in output and len(pip_calls) == 1
+    assert "fresh runtime" in output and len(pip_calls) == 2
 
 
 def test_torch_out_of_range_stops_before_anything_is_installed(tmp_path, monkeypatch):
@@ -127,7 +140,8 @@ def test_torch_out_of_range_stops_before_anything_is_installed(tmp_path, monkeyp
     remote = _remote(tmp_path, {**_with_extra_pin("course-standin-package==1.0"), "requirements.txt": requirements})
     (output,), pip_calls = _run_on_colab(tmp_path, monkeypatch, [_colab_cell(f"file://{remote}", tmp_path / "c")])
     assert "CourseError: this runtime has torch" in output and "tested with torch>=99" in output
-    assert "nothing was installed" in output and pip_calls == []
+    assert "none of its pinned packages was installed" in output
+    assert [call for call in pip_calls if "--editable" not in call] == []
 
 
 def test_replacing_an_imported_package_asks_for_a_restart(tmp_path, monkeypatch):
@@ -141,7 +155,7 @@ def test_replacing_an_imported_package_asks_for_a_restart(tmp_path, monkeypatch)
 @pytest.mark.parametrize(("python", "torch", "message"), [
     ((3, 9), "2.11.0+cu128", r"Python 3\.9; the course needs Python >= 3\.10"),
     ((3, 13), None, "no torch"),
-    ((3, 13), "2.5.1+cu121", r"torch 2\.5\.1\+cu121; the course is tested with torch>=2\.6,<2\.16.*nothing was installed"),
+    ((3, 13), "2.5.1+cu121", r"torch 2\.5\.1\+cu121; the course is tested with torch>=2\.6,<2\.16.*none of its pinned packages was installed"),
     ((3, 13), "2.16.0", r"torch 2\.16\.0"),
 ], ids=["old python", "no torch", "old torch", "new torch"])
 def test_bad_runtimes_get_one_clear_message(python, torch, message):

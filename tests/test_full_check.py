@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tools import full_check, real_width
-from utils.nbtools import notebooks
-from utils.run_notebooks import Expr, inject_parameters
+from tools.nbtools import notebooks
+from tools.run_notebooks import Expr, inject_parameters
 
 CELL = '''SMOKE = is_smoke()  # comment
 MODEL_ID = tiny_checkpoint("bloom") if SMOKE else "bigscience/bloom-7b1"  # the model

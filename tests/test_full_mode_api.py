@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from utils import nbtools
+from tools import nbtools
 from utils.paths import ROOT
 from utils.real_models import REAL_CONFIGS, meta_model
 

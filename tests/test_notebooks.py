@@ -12,7 +12,7 @@ import nbformat
 import pytest
 
 import utils
-from utils import nbtools
+from tools import nbtools
 from utils.paths import ROOT
 
 NOTEBOOKS = nbtools.notebooks()
@@ -64,6 +64,13 @@ def test_only_the_parameters_cell_branches_on_smoke_mode(path: Path) -> None:
             names = {n.id for n in ast.walk(parse(cell.source)) if isinstance(n, ast.Name)}
             assert not names & {"SMOKE", "is_smoke"}, f"cell {i} branches on smoke mode: only the parameters cell may"
             assert "COURSE_SMOKE" not in cell.source, f"cell {i} reads COURSE_SMOKE: only the parameters cell may"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_no_notebook_edits_sys_path(path: Path) -> None:
+    """The course is a package installed editable (make setup, or the Colab setup cell): nothing edits sys.path."""
+    for i, cell in enumerate(code_cells(path)):
+        assert not re.search(r"sys\.path\.(insert|append|extend)|sys\.path\s*(\+=|=)", cell), f"cell {i} edits sys.path"
 
 
 OLD_KEYWORDS = {"torch_dtype": "dtype", "evaluation_strategy": "eval_strategy", "max_seq_length": "max_length",

@@ -10,7 +10,7 @@ import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
 from tests.machine import PYTHON_313, needs
-from utils.nbtools import notebooks
+from tools.nbtools import notebooks
 from utils.paths import ROOT
 
 COMPILE_ALL = """import sys

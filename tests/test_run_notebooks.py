@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import nbformat
 
-from utils import run_notebooks
+from tools import run_notebooks
 
 
 def test_smoke_is_chosen_without_gpu_or_hub(monkeypatch) -> None:

@@ -1,7 +1,7 @@
 """`make full-check`: every notebook's full-mode path, run on this CPU, offline, at the real models' widths.
 
 Full mode (COURSE_SMOKE=0) with the Hub and the network closed. Only the parameters cell's values change
-(utils.run_notebooks.inject_parameters, papermill's `-p` done in place): each Hub model id in a full-mode branch
+(tools.run_notebooks.inject_parameters, papermill's `-p` done in place): each Hub model id in a full-mode branch
 becomes a real-width checkpoint of that model (tools/real_width.py: the published config, one or two blocks,
 random weights, saved as the Hub stores it), each dataset the course's fixture in the real schema (The Verdict
 itself for chapter 05), and the step counts small enough for a CPU. Everything after the parameters cell is
@@ -27,9 +27,9 @@ import threading
 import time
 from pathlib import Path
 
-from utils.nbtools import notebooks
+from tools.nbtools import notebooks
+from tools.run_notebooks import Expr, execute
 from utils.paths import BUILD_DIR, ROOT, cache_dir
-from utils.run_notebooks import Expr, execute
 from utils.smoke import fixture_path
 
 OUT = BUILD_DIR / "full-check"

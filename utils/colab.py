@@ -45,7 +45,7 @@ def check_runtime(python: tuple[int, int], torch_version: str | None, supported:
     if not SpecifierSet(supported).contains(torch_version, prereleases=True):
         raise CourseError(f"this runtime has torch {torch_version}; the course is tested with torch{supported} "
                           f"(requirements.txt). Installing another torch over Colab's breaks its CUDA packages, so "
-                          f"nothing was installed: use a runtime whose torch is in range, or run the course locally")
+                          f"none of its pinned packages was installed: use a runtime whose torch is in range, or run the course locally")
 
 
 def installed_versions() -> dict[str, str]:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.nbtools import notebooks
+from tools.nbtools import notebooks
 from utils.paths import BUILD_DIR, ROOT
 
 KEY_FIGURE = re.compile(r"^Key figure: (.+)$", re.MULTILINE)

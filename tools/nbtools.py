@@ -1,7 +1,7 @@
 """Notebook plumbing: the generated Colab badge and setup cells, new notebooks, stripping outputs.
 
-`python -m utils.nbtools sync` rewrites every notebook's badge and setup cell from `utils.paths.REPO_URL`
-(the one place the repository URL is defined); `python -m utils.nbtools strip` removes outputs.
+`python -m tools.nbtools sync` rewrites every notebook's badge and setup cell from `utils.paths.REPO_URL`
+(the one place the repository URL is defined); `python -m tools.nbtools strip` removes outputs.
 """
 
 from __future__ import annotations
@@ -34,10 +34,15 @@ def badge_source(path: Path) -> str:
 
 
 def setup_source() -> str:
-    """The setup cell: on Colab, clone the course and install its ML stack (utils/colab.py); elsewhere, find it."""
+    """The setup cell: on Colab, clone the course, install it and its ML stack (utils/colab.py); elsewhere, check
+    that `make setup` installed it. No notebook edits sys.path: the course is a package (pyproject.toml)."""
     return (
-        "# Setup. On Colab: fetch the course, then install its ML stack, leaving Colab's own packages (torch, the kernel,\n"
-        "# pandas, ...) as they are. Elsewhere `make setup` has installed everything: this only finds the course's `utils`.\n"
+        "# Setup. On Colab: fetch the course, install it (editable: `import utils` then finds it, now and after a restart)\n"
+        "# and its ML stack, leaving Colab's own packages (torch, the kernel, pandas, ...) as they are. Elsewhere\n"
+        "# `make setup` has installed everything: this only checks that this kernel's Python sees the course.\n"
+        "import importlib.metadata\n"
+        "import importlib.util\n"
+        "import site\n"
         "import subprocess\n"
         "import sys\n"
         "from pathlib import Path\n"
@@ -51,13 +56,20 @@ def setup_source() -> str:
         '            raise RuntimeError(f"could not clone the course from REPO_URL = {REPO_URL}: {clone.stderr.strip()}\\n"\n'
         '                               f"Check the address (set REPO_URL to your fork\'s) and that the runtime is online; "\n'
         '                               f"if {ROOT} is left half-written, delete it first (!rm -rf {ROOT}).")\n'
-        "    sys.path.insert(0, str(ROOT))\n"
+        '    if importlib.util.find_spec("utils") is None:\n'
+        '        pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--editable", str(ROOT)],\n'
+        "                             capture_output=True, text=True)\n"
+        "        if pip.returncode != 0:\n"
+        '            raise RuntimeError(f"could not install the course from {ROOT}: {pip.stderr.strip()[-500:]}")\n'
+        "        importlib.invalidate_caches()\n"
+        "        # Read the .pth file pip just wrote, as Python does at start-up: this kernel then imports the course too.\n"
+        '        site.addsitedir(str(importlib.metadata.distribution("peft-course").locate_file("")))\n'
         "    from utils.colab import install_course_stack\n"
         "\n"
         "    install_course_stack()\n"
-        "else:\n"
-        '    ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "utils" / "paths.py").is_file())\n'
-        "    sys.path.insert(0, str(ROOT))"
+        'elif importlib.util.find_spec("utils") is None:\n'
+        '    raise RuntimeError("this kernel\'s Python does not have the course installed: run `make setup` in the course "\n'
+        '                       "folder and choose its .venv as the kernel (or run `pip install -e .` there)")'
     )
 
 
