@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from tools.nbexport import load
 from utils.batching import LengthGroupedBatchSampler
 from utils.checks import read_text
 from utils.env import seed_everything
@@ -29,10 +30,12 @@ from utils.lora import LoRALayer, replace_linear_with_lora
 from utils.memory_budget import memory_budget
 from utils.quantization import dequantize_symmetric, load_prompt_dataset, quantize_symmetric
 from utils.real_models import meta_model
-from utils.schedules import train_with_schedule
 from utils.smoke import fixture_path, tiny_checkpoint
 from utils.squad import collate_squad_batch, encode_example, encode_records, load_squad, squad_v2_scores
 from utils.text_data import GPTDatasetV1, create_dataloader_v1
+
+CH05 = load("05-lr-schedules/01_warmup_cosine_clipping.ipynb")  # the chapter's code, from its notebook
+train_with_schedule = CH05.train_with_schedule
 
 TINY = {"vocab_size": 64, "context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 1, "drop_rate": 0.0,
         "qkv_bias": True}

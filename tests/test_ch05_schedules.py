@@ -8,9 +8,16 @@ import pytest
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from utils.schedules import clips_at, count_steps, grad_global_norm, lr_at_step, validate_schedule
+from tools.nbexport import load
 from utils.smoke import fixture_path, tiny_checkpoint
 from utils.text_data import GPTDatasetV1, create_dataloader_v1
+
+CH05 = load("05-lr-schedules/01_warmup_cosine_clipping.ipynb")  # the chapter's code, from its notebook
+clips_at = CH05.clips_at
+count_steps = CH05.count_steps
+grad_global_norm = CH05.grad_global_norm
+lr_at_step = CH05.lr_at_step
+validate_schedule = CH05.validate_schedule
 
 SOURCE = {"initial_lr": 1e-4, "peak_lr": 0.01, "min_lr": 1e-5}  # the source's warmup demo (min = 0.1 * initial)
 

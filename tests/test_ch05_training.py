@@ -10,9 +10,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from tools.nbexport import load
 from utils.errors import CourseError
 from utils.gpt import GPTModel
-from utils.schedules import lr_at_step, train_with_schedule
+
+CH05 = load("05-lr-schedules/01_warmup_cosine_clipping.ipynb")  # the chapter's code, from its notebook
+lr_at_step = CH05.lr_at_step
+train_with_schedule = CH05.train_with_schedule
+
 
 CFG = {"vocab_size": 64, "context_length": 16, "emb_dim": 32, "n_heads": 2, "n_layers": 2, "drop_rate": 0.1,
        "qkv_bias": False}

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import ast
-import importlib
-import pkgutil
 import re
 from pathlib import Path
 
 import nbformat
 import pytest
 
-import utils
 from tools import nbtools
 from utils.paths import ROOT
 
@@ -99,32 +96,6 @@ def test_reports_a_key_figure_and_uses_todays_safe_apis(path: Path) -> None:
                 continue
             if func == "load" and isinstance(node.func, ast.Attribute) and getattr(node.func.value, "id", "") == "torch":
                 pytest.fail("torch.load without weights_only=True can run pickled code")
-
-
-def _utils_definitions() -> dict[str, tuple[str, ast.AST]]:
-    found = {}
-    for info in pkgutil.iter_modules(utils.__path__):
-        module = importlib.import_module(f"utils.{info.name}")
-        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
-        for name, node in top_level_defs(tree).items():
-            found[name] = (f"utils.{info.name}", node)
-    return found
-
-
-def _strip_docstring(node: ast.AST) -> str:
-    return ast.dump(node, include_attributes=False)
-
-
-def test_notebook_code_that_utils_also_holds_is_identical() -> None:
-    """Where a notebook writes out a function or class that utils holds too, they are one definition."""
-    in_utils = _utils_definitions()
-    for path in NOTEBOOKS:
-        for source in code_cells(path):
-            for name, node in top_level_defs(parse(source)).items():
-                if name in in_utils:
-                    module, reference = in_utils[name]
-                    assert _strip_docstring(node) == _strip_docstring(reference), (
-                        f"{path.name} defines {name} differently from {module}.{name}")
 
 
 def test_no_two_notebooks_define_the_same_name() -> None:

@@ -1,7 +1,8 @@
-"""Notebook plumbing: the generated Colab badge and setup cells, new notebooks, stripping outputs.
+"""Notebook tooling: the generated Colab badge and setup cells, exported modules, new notebooks, stripping outputs.
 
 `python -m tools.nbtools sync` rewrites every notebook's badge and setup cell from `utils.paths.REPO_URL`
-(the one place the repository URL is defined); `python -m tools.nbtools strip` removes outputs.
+(the one place the repository URL is defined) and every module the notebooks' `#| export` cells make
+(tools/nbexport.py); `python -m tools.nbtools check` fails on either being stale; `strip` removes outputs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import nbformat
 
+from tools import nbexport
 from utils.paths import REPO_SLUG, REPO_URL, ROOT
 
 COLAB_DIR = "/content/peft-course"
@@ -163,10 +165,13 @@ def main(argv: Iterable[str] | None = None) -> int:
     paths = args.paths or notebooks()
     if args.command == "check":
         problems = [f"{p.relative_to(ROOT)}: {problem}" for p in paths for problem in check(p)]
-        print("\n".join(problems) or f"{len(paths)} notebooks clean and in sync")
+        problems += nbexport.stale(notebooks()) if not args.paths else []
+        print("\n".join(problems) or f"{len(paths)} notebooks clean and in sync, and so are their exported modules")
         if problems:
-            print("fix with `make strip` (outputs) and `make sync` (badge and setup cells)")
+            print("fix with `make strip` (outputs) and `make sync` (badge and setup cells, exported modules)")
         return 1 if problems else 0
+    if args.command == "sync" and not args.paths:
+        print("\n".join(nbexport.sync(notebooks())) or "exported modules: in sync")
     for path in paths:
         if args.command == "list":
             print(path.relative_to(ROOT))
