@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from tools import tiny_checkpoints
 from utils import smoke
 from utils.errors import CourseError
 
@@ -22,7 +23,7 @@ CLASSES = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "bloom": "Bloom
            "llama": "LlamaForCausalLM"}
 
 
-@pytest.mark.parametrize("arch", sorted(smoke.TINY_SPECS))
+@pytest.mark.parametrize("arch", sorted(tiny_checkpoints.TINY_SPECS))
 def test_tiny_checkpoint_has_the_real_architecture(arch: str) -> None:
     path = smoke.tiny_checkpoint(arch)
     model = AutoModelForCausalLM.from_pretrained(path)
@@ -39,7 +40,7 @@ def test_tiny_checkpoint_has_the_real_architecture(arch: str) -> None:
             assert module.in_features % 64 == 0 and module.out_features % 32 == 0, name
 
 
-@pytest.mark.parametrize("arch", sorted(smoke.TINY_SPECS))
+@pytest.mark.parametrize("arch", sorted(tiny_checkpoints.TINY_SPECS))
 def test_tiny_tokenizer_round_trips_and_model_generates(arch: str) -> None:
     path = smoke.tiny_checkpoint(arch)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -54,9 +55,9 @@ def test_tiny_tokenizer_round_trips_and_model_generates(arch: str) -> None:
 
 
 def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path) -> None:
-    first = smoke.build_tiny_checkpoint("bloom", tmp_path / "a", seed=3)
-    second = smoke.build_tiny_checkpoint("bloom", tmp_path / "b", seed=3)
-    other = smoke.build_tiny_checkpoint("bloom", tmp_path / "c", seed=4)
+    first = tiny_checkpoints.build_tiny_checkpoint("bloom", tmp_path / "a", seed=3)
+    second = tiny_checkpoints.build_tiny_checkpoint("bloom", tmp_path / "b", seed=3)
+    other = tiny_checkpoints.build_tiny_checkpoint("bloom", tmp_path / "c", seed=4)
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
     assert (first / "model.safetensors").read_bytes() != (other / "model.safetensors").read_bytes()
@@ -66,8 +67,8 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path) -> Non
 def test_checkpoint_is_built_once_and_reused(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
     calls = []
-    real_build = smoke.build_tiny_checkpoint
-    monkeypatch.setattr(smoke, "build_tiny_checkpoint", lambda *a, **k: calls.append(a) or real_build(*a, **k))
+    real_build = tiny_checkpoints.build_tiny_checkpoint
+    monkeypatch.setattr(tiny_checkpoints, "build_tiny_checkpoint", lambda *a, **k: calls.append(a) or real_build(*a, **k))
     assert smoke.tiny_checkpoint("gpt2") == smoke.tiny_checkpoint("gpt2")
     assert len(calls) == 1
 
