@@ -11,8 +11,8 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from utils.peft_methods import NOTEBOOKS
 from utils.peft_recipes import (
-    NOTEBOOKS,
     adalora_recipe,
     ia3_recipe,
     lora_recipe,

@@ -15,8 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from utils.errors import CourseError
 from utils.paths import ROOT
+from utils.peft_methods import NOTEBOOKS
 from utils.peft_recipes import (
-    NOTEBOOKS,
     adalora_recipe,
     ia3_recipe,
     lora_recipe,
@@ -138,28 +138,28 @@ def test_recipes_of_the_six_methods():
 
 
 BAD_RECIPES = [  # (what, how it is built, the error, what its message says)
-    ("prompt_tuning: num_virtual_tokens=0", lambda: prompt_tuning_recipe(TINY, num_virtual_tokens=0), ValueError, "num_virtual_tokens=0"),
-    ("prompt_tuning: num_virtual_tokens=-3", lambda: prompt_tuning_recipe(TINY, num_virtual_tokens=-3), ValueError, "num_virtual_tokens=-3"),
-    ("prompt_tuning: num_virtual_tokens=2.5", lambda: prompt_tuning_recipe(TINY, num_virtual_tokens=2.5), ValueError, "num_virtual_tokens=2.5"),
+    ("prompt_tuning: num_virtual_tokens=0", lambda: prompt_tuning_recipe(TINY, num_virtual_tokens=0), ValueError, "num_virtual_tokens must be an integer >= 1, got 0"),
+    ("prompt_tuning: num_virtual_tokens=-3", lambda: prompt_tuning_recipe(TINY, num_virtual_tokens=-3), ValueError, "num_virtual_tokens must be an integer >= 1, got -3"),
+    ("prompt_tuning: num_virtual_tokens=2.5", lambda: prompt_tuning_recipe(TINY, num_virtual_tokens=2.5), ValueError, "num_virtual_tokens must be an integer >= 1, got 2.5"),
     ("prompt_tuning: init_text=  ", lambda: prompt_tuning_recipe(TINY, init_text="  "), ValueError, "init_text='  '"),
-    ("p_tuning: num_virtual_tokens=0", lambda: p_tuning_recipe(num_virtual_tokens=0), ValueError, "num_virtual_tokens=0"),
-    ("p_tuning: encoder_hidden_size=0", lambda: p_tuning_recipe(encoder_hidden_size=0), ValueError, "encoder_hidden_size=0"),
+    ("p_tuning: num_virtual_tokens=0", lambda: p_tuning_recipe(num_virtual_tokens=0), ValueError, "num_virtual_tokens must be an integer >= 1, got 0"),
+    ("p_tuning: encoder_hidden_size=0", lambda: p_tuning_recipe(encoder_hidden_size=0), ValueError, "encoder_hidden_size must be an integer >= 1, got 0"),
     ("p_tuning: encoder_type=GRU", lambda: p_tuning_recipe(encoder_type="GRU"), ValueError, "encoder_type='GRU'; use 'MLP' or 'LSTM'"),
-    ("prefix_tuning: num_virtual_tokens=0", lambda: prefix_tuning_recipe(num_virtual_tokens=0), ValueError, "num_virtual_tokens=0"),
-    ("prefix_tuning: prefix_projection=True, encoder_hidden_size=0", lambda: prefix_tuning_recipe(prefix_projection=True, encoder_hidden_size=0), ValueError, "encoder_hidden_size=0"),
-    ("lora: r=0", lambda: lora_recipe(TINY, r=0), ValueError, "r=0"),
+    ("prefix_tuning: num_virtual_tokens=0", lambda: prefix_tuning_recipe(num_virtual_tokens=0), ValueError, "num_virtual_tokens must be an integer >= 1, got 0"),
+    ("prefix_tuning: prefix_projection=True, encoder_hidden_size=0", lambda: prefix_tuning_recipe(prefix_projection=True, encoder_hidden_size=0), ValueError, "encoder_hidden_size must be an integer >= 1, got 0"),
+    ("lora: r=0", lambda: lora_recipe(TINY, r=0), ValueError, "lora_recipe\\(\\): r must be an integer >= 1, got 0"),
     ("lora: r=64", lambda: lora_recipe(TINY, r=64), ValueError, r"rank 64 is not below the smaller side \(64\)"),
-    ("lora: lora_alpha=nan", lambda: lora_recipe(TINY, lora_alpha=float("nan")), ValueError, "lora_alpha=nan"),
-    ("lora: lora_dropout=1.0", lambda: lora_recipe(TINY, lora_dropout=1.0), ValueError, "lora_dropout=1.0"),
+    ("lora: lora_alpha=nan", lambda: lora_recipe(TINY, lora_alpha=float("nan")), ValueError, "lora_alpha must be a finite number > 0, got nan"),
+    ("lora: lora_dropout=1.0", lambda: lora_recipe(TINY, lora_dropout=1.0), ValueError, "lora_dropout must be a finite number >= 0 and < 1, got 1.0"),
     ("lora: target_modules=[q_proj]", lambda: lora_recipe(TINY, target_modules=["q_proj"]), CourseError, r"\['q_proj'\] not found in BloomForCausalLM"),
     ("lora: target_modules=query_key_value", lambda: lora_recipe(TINY, target_modules="query_key_value"), ValueError, "give a list of module names"),
     ("lora: bigscience/bloom-7b1, target_modules=[v_proj]", lambda: lora_recipe("bigscience/bloom-7b1", target_modules=["v_proj"]), CourseError, r"\['v_proj'\] not found"),
     ("ia3: target_modules=[c_attn]", lambda: ia3_recipe(TINY, target_modules=["c_attn"]), CourseError, r"\['c_attn'\] not found"),
     ("ia3: feedforward_modules=[dense_h_to_4h]", lambda: ia3_recipe(TINY, feedforward_modules=["dense_h_to_4h"]), ValueError, r"\['dense_h_to_4h'\] are not in"),
     ("adalora: no total_step", lambda: adalora_recipe(TINY), ValueError, "total_step is missing"),
-    ("adalora: total_step=0", lambda: adalora_recipe(TINY, total_step=0), ValueError, "total_step=0"),
+    ("adalora: total_step=0", lambda: adalora_recipe(TINY, total_step=0), ValueError, "adalora_recipe\\(\\): total_step must be an integer >= 1, got 0"),
     ("adalora: total_step=50, init_r=4, target_r=8", lambda: adalora_recipe(TINY, total_step=50, init_r=4, target_r=8), ValueError, "target_r=8 is above init_r=4"),
-    ("adalora: total_step=50, target_r=0", lambda: adalora_recipe(TINY, total_step=50, target_r=0), ValueError, "target_r=0"),
+    ("adalora: total_step=50, target_r=0", lambda: adalora_recipe(TINY, total_step=50, target_r=0), ValueError, "target_r must be an integer >= 1, got 0"),
     ("adalora: total_step=10, tinit=5, tfinal=5", lambda: adalora_recipe(TINY, total_step=10, tinit=5, tfinal=5), ValueError, "leave no steps"),
     ("adalora: total_step=50, init_r=64", lambda: adalora_recipe(TINY, total_step=50, init_r=64), ValueError, "rank 64 is not below"),
     ("adalora: total_step=50, target_modules=[q_proj]", lambda: adalora_recipe(TINY, total_step=50, target_modules=["q_proj"]), CourseError, r"\['q_proj'\] not found"),

@@ -112,9 +112,12 @@ def render(module: str, parts: list[Part]) -> str:
         imports += [i for i in cell_imports if i not in imports]
         if ast.parse(body).body:  # a cell of imports and comments adds only its imports
             bodies.append(f"# {part.where}\n{body}")
-    header = (f"{GENERATED.format(module=module)}\n"
-              f'"""The code {", ".join(sources)} teach{"es" if len(sources) == 1 else ""}, exported for the notebooks, '
-              f'scripts and tests that use it."""\n')
+    if len(sources) == 1:
+        docstring = f'"""The code {sources[0]} teaches, exported for the notebooks, scripts and tests that use it."""'
+    else:
+        docstring = ('"""The code these notebooks teach, exported for the notebooks, scripts and tests that use it:\n\n'
+                     + "".join(f"- {source}\n" for source in sources) + '"""')
+    header = f"{GENERATED.format(module=module)}\n{docstring}\n"
     text = header + "\n" + "\n".join(imports) + "\n\n\n" + "\n\n\n".join(bodies) + "\n"
     filename = f"utils/{module}.py"
     fixed = _ruff(text, filename, "--select", "F401,I001", "--fix", "--exit-zero")

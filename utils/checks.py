@@ -40,7 +40,7 @@ def _bad(name: str, value, expected: str, hint: str = "") -> CourseArgumentError
     return CourseArgumentError(f"{_caller()}(): {name} must be {expected}, got {value!r}" + (f"; {hint}" if hint else ""))
 
 
-def _bounds(minimum=None, maximum=None, above=None) -> str:
+def _bounds(minimum=None, maximum=None, above=None, below=None) -> str:
     parts = []
     if above is not None:
         parts.append(f"> {above}")
@@ -48,6 +48,8 @@ def _bounds(minimum=None, maximum=None, above=None) -> str:
         parts.append(f">= {minimum}")
     if maximum is not None:
         parts.append(f"<= {maximum}")
+    if below is not None:
+        parts.append(f"< {below}")
     return " and ".join(parts)
 
 
@@ -67,17 +69,17 @@ def check_int(name: str, value, *, minimum: int | None = None, maximum: int | No
 
 
 def check_number(name: str, value, *, minimum: float | None = None, maximum: float | None = None,
-                 above: float | None = None, optional: bool = False, hint: str = ""):
+                 above: float | None = None, below: float | None = None, optional: bool = False, hint: str = ""):
     """`value` unchanged if it is a finite real number (not a bool, not NaN or infinite) with minimum <= value
-    <= maximum and value > above, or None when `optional`."""
+    <= maximum, value > above and value < below, or None when `optional`."""
     if value is None and optional:
         return value
-    bounds = _bounds(minimum, maximum, above)
+    bounds = _bounds(minimum, maximum, above, below)
     expected = "a finite number" + (f" {bounds}" if bounds else "") + (" (or None)" if optional else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise _bad(name, value, expected, hint)
     if ((minimum is not None and value < minimum) or (maximum is not None and value > maximum)
-            or (above is not None and value <= above)):
+            or (above is not None and value <= above) or (below is not None and value >= below)):
         raise _bad(name, value, expected, hint)
     return value
 
