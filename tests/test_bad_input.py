@@ -28,13 +28,15 @@ from utils.instruction_data import Tokenizer, custom_collate_fn, load_instructio
 from utils.judge import generate_model_scores
 from utils.lora import LoRALayer, replace_linear_with_lora
 from utils.memory_budget import memory_budget
-from utils.quantization import dequantize_symmetric, load_prompt_dataset, quantize_symmetric
+from utils.quantization import load_prompt_dataset
 from utils.real_models import meta_model
 from utils.smoke import fixture_path, tiny_checkpoint
 from utils.squad import collate_squad_batch, encode_example, encode_records, load_squad, squad_v2_scores
 from utils.text_data import GPTDatasetV1, create_dataloader_v1
 
 CH05 = load("05-lr-schedules/01_warmup_cosine_clipping.ipynb")  # the chapter's code, from its notebook
+CH03 = load("03-qlora-bloom/01_quantization_basics.ipynb")
+quantize_symmetric, dequantize_symmetric = CH03.quantize_symmetric, CH03.dequantize_symmetric
 train_with_schedule = CH05.train_with_schedule
 
 TINY = {"vocab_size": 64, "context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 1, "drop_rate": 0.0,

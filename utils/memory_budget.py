@@ -67,8 +67,8 @@ def budget_parameter_counts(model, target_modules=("query_key_value",), lora_r: 
     quantized = rows = lora = 0
     found, linears = set(), set()
     for name, module in model.named_modules():
-        is_linear = isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
-        if not is_linear or module is head or ".lora_" in name:  # a peft model's own adapters are not frozen weights
+        # bitsandbytes' Linear4bit and Linear8bitLt are torch.nn.Linear subclasses: one check counts them all
+        if not isinstance(module, torch.nn.Linear) or module is head or ".lora_" in name:  # a peft model's own adapters are not frozen weights
             continue
         quantized += module.in_features * module.out_features
         rows += module.out_features
