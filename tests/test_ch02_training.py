@@ -18,7 +18,8 @@ from utils.errors import CourseError
 from utils.hub import hub_errors
 from utils.paths import ROOT
 from utils.smoke import fixture_path, tiny_checkpoint
-from utils.squad import encode_records, load_squad, load_training_state, save_training_state, squad_train_epoch
+from utils.squad import encode_records, load_squad, squad_train_epoch
+from utils.training_state import load_training_state, save_training_state
 
 logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
 NOTEBOOK = ROOT / "02-lora-gptj" / "01_lora_gptj_squad.ipynb"

@@ -10,11 +10,11 @@ import re
 import string
 import urllib.error
 import urllib.request
-from collections import Counter
 
 from utils.checks import check_field
 from utils.errors import CourseError
 from utils.instruction_data import FIELDS, format_input
+from utils.squad import overlap_f1
 
 OLLAMA_URL = "http://localhost:11434"
 
@@ -26,15 +26,10 @@ def normalize_tokens(text: str) -> list[str]:
 
 
 def token_f1(prediction: str, reference: str) -> float:
-    """Harmonic mean of precision and recall of the words two texts share (counted with multiplicity)."""
-    pred, ref = normalize_tokens(prediction), normalize_tokens(reference)
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    """Harmonic mean of precision and recall of the words two texts share (counted with multiplicity): chapter 02's
+    SQuAD token F1 (`overlap_f1`), on words normalised without SQuAD's article removal (a response's "a" and "the"
+    are words of it, where SQuAD's script drops them from short extracted answers)."""
+    return overlap_f1(normalize_tokens(prediction), normalize_tokens(reference))
 
 
 def _lcs_length(a: list[str], b: list[str]) -> int:

@@ -1,0 +1,175 @@
+"""The checks behind chapter 02's SQuAD code, which its notebook imports and names: reading and checking a SQuAD
+file (the official JSON layout or the Hub's flat records), the checks of one record and of the arguments, the skip
+policy for records that do not fit (skip with a message, fail above a fraction) and the checks of a set of
+predictions. Each fails with a CourseError naming the file, the record and the field.
+
+The lesson itself (the prompt, the labels, the padding, the metric) is the notebook's, exported to utils/squad.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from utils.checks import check_field, check_fraction, check_int, read_json
+from utils.errors import CourseError
+
+# ---------------------------------------------------------------- files
+
+
+def check_squad_fields(record, where: str) -> None:
+    """CourseError naming `where` and the field unless `record` is a flat SQuAD record with every field of its type:
+    id, title, context, question (strings) and answers {text: [str], answer_start: [int >= 0]} of equal lengths."""
+    for name in ("id", "title", "context", "question"):
+        check_field(record, name, where, nonempty=name == "id")
+    answers = check_field(record, "answers", where, kind=dict, nonempty=False)
+    texts = check_field(answers, "text", f"{where}, field 'answers'", kind=list, nonempty=False)
+    starts = check_field(answers, "answer_start", f"{where}, field 'answers'", kind=list, nonempty=False)
+    if len(texts) != len(starts):
+        raise CourseError(f"{where}: field 'answers' has {len(texts)} text(s) but {len(starts)} answer_start(s); "
+                          "each answer needs its start offset")
+    for i, (text, start) in enumerate(zip(texts, starts, strict=True)):
+        if not isinstance(text, str) or isinstance(start, bool) or not isinstance(start, int) or start < 0:
+            raise CourseError(f"{where}: answers.text[{i}]={text!r} and answers.answer_start[{i}]={start!r} must be a "
+                              "string and a character offset (an integer >= 0)")
+
+
+def _check_official_layout(squad: dict, path: Path) -> int:
+    """The number of questions of an official SQuAD JSON, every article, paragraph, question and answer checked."""
+    fix = 'the official SQuAD layout is {"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}'
+    questions = 0
+    for a, article in enumerate(check_field(squad, "data", str(path), kind=list, nonempty=False, fix=fix)):
+        at = f"{path}: data[{a}]"
+        check_field(article, "title", at, nonempty=False)
+        for p, paragraph in enumerate(check_field(article, "paragraphs", at, kind=list, nonempty=False, fix=fix)):
+            pt = f"{at}.paragraphs[{p}]"
+            check_field(paragraph, "context", pt, nonempty=False)
+            for q, qa in enumerate(check_field(paragraph, "qas", pt, kind=list, nonempty=False, fix=fix)):
+                qt = f"{pt}.qas[{q}]" + (f" (id {qa['id']!r})" if isinstance(qa, dict) and "id" in qa else "")
+                check_field(qa, "id", qt)
+                check_field(qa, "question", qt, nonempty=False)
+                impossible = check_field(qa, "is_impossible", qt, kind=bool) if "is_impossible" in qa else False
+                for k, answer in enumerate(check_field(qa, "answers", qt, kind=list, nonempty=False)):
+                    if not impossible:
+                        check_field(answer, "text", f"{qt}.answers[{k}]", nonempty=False)
+                        if check_field(answer, "answer_start", f"{qt}.answers[{k}]", kind=int) < 0:
+                            raise CourseError(f"{qt}.answers[{k}]: field 'answer_start' is negative; it is a character "
+                                              "offset into the context")
+                questions += 1
+    return questions
+
+
+def read_squad_file(path: str | os.PathLike):
+    """A local SQuAD file, read and checked: the official JSON layout ({"data": [...]}, returned as it is) or the
+    Hub's flat records (a JSON list or JSON Lines of {id, title, context, question, answers}, returned as a list).
+    Bad encoding, syntax or structure, a missing or mistyped field, or no question at all is a CourseError naming
+    the file, the record and the field."""
+    path = Path(path)
+    squad = read_json(path)
+    if isinstance(squad, dict):
+        questions = _check_official_layout(squad, path)
+    elif isinstance(squad, list):
+        for i, record in enumerate(squad):
+            rid = f" (id {record['id']!r})" if isinstance(record, dict) and "id" in record else ""
+            check_squad_fields(record, f"{path}, record {i}{rid}")
+        questions = len(squad)
+    else:
+        raise CourseError(f"{path}: a JSON {type(squad).__name__}; expected the official SQuAD layout "
+                          '{"data": [...]} or a list of flat records [{"id", "context", "question", "answers"}, ...]')
+    if not questions:
+        raise CourseError(f"{path} holds no questions: nothing to train or evaluate on")
+    return squad
+
+
+# ---------------------------------------------------------------- arguments (named as the calling function's)
+
+
+def check_slice(n, seed) -> None:
+    """`n` records (None: all) after a shuffle with `seed`."""
+    check_int("n", n, minimum=1, optional=True)
+    check_int("seed", seed, minimum=0)
+
+
+def check_max_length(tokenizer, max_length) -> None:
+    """At least one token, and no more than the model has position embeddings for."""
+    check_int("max_length", max_length, minimum=1, maximum=getattr(tokenizer, "model_max_length", None),
+              hint="the model has no position embeddings past its context (tokenizer.model_max_length)")
+
+
+def check_pad_token_id(pad_token_id) -> None:
+    check_int("pad_token_id", pad_token_id, minimum=0, hint="GPT-J has no pad token: set tokenizer.pad_token = "
+              "tokenizer.eos_token (padding is masked out of attention and loss)")
+
+
+# ---------------------------------------------------------------- records: check, fit, skip
+
+
+def check_record(record: dict) -> None:
+    """Raise CourseError, naming the record, for a missing or mistyped field, an empty context or question, or an
+    answer_start that does not point at its text (the label would teach the wrong span)."""
+    rid = record.get("id", "?") if isinstance(record, dict) else "?"
+    check_squad_fields(record, f"record {rid}")  # every field there, with its type
+    if not record["context"].strip():
+        raise CourseError(f"record {rid}: field 'context' is empty; there is nothing to read the answer from")
+    if not record["question"].strip():
+        raise CourseError(f"record {rid}: field 'question' is empty")
+    answers = record["answers"]
+    for i, (text, start) in enumerate(zip(answers["text"], answers["answer_start"], strict=True)):
+        found = record["context"][start:start + len(text)]
+        if found != text:
+            raise CourseError(f"record {rid}: answers.answer_start[{i}]={start} does not point at answers.text[{i}]="
+                              f"{text!r} (the context there reads {found!r}); fix the offset or drop the record")
+
+
+def check_fits(record: dict, room: int, max_length: int, offsets=(), answer_span: tuple[int, int] | None = None) -> None:
+    """CourseError naming the record when the prompt without its context, or the answer's own context tokens, do not
+    fit in `room` context tokens of `max_length`."""
+    if room < 1:
+        raise CourseError(f"record {record['id']}: instruction, question and answer alone take {max_length - room} "
+                          f"tokens, more than max_length={max_length}; shorten the question or raise max_length")
+    if answer_span is not None:
+        needed = sum(1 for begin, end in offsets if end > answer_span[0] and begin < answer_span[1])
+        if needed > room:
+            raise CourseError(f"record {record['id']}: the answer alone needs {needed} context tokens but only {room} "
+                              f"fit in max_length={max_length}; raise max_length")
+
+
+def skip_bad_records(records: list, encode: Callable, max_skip_fraction: float = 0.01) -> tuple[list, list[str]]:
+    """`encode` applied to every record; one that raises a CourseError is skipped and its message (naming the record)
+    kept, so the caller can print the count. One broken record among 130,000 should not stop a run of hours, but more
+    than `max_skip_fraction` bad records means the data (a wrong file, a wrong split) is wrong: that fails."""
+    check_fraction("max_skip_fraction", max_skip_fraction)
+    if not records:
+        raise CourseError("encode_records: no records to encode; check the data source and the slice sizes")
+    encoded, skipped = [], []
+    for record in records:
+        try:
+            encoded.append(encode(record))
+        except CourseError as exc:
+            skipped.append(str(exc))
+    if len(skipped) > max_skip_fraction * len(records):
+        raise CourseError(f"{len(skipped)} of {len(records)} records are unusable (more than {max_skip_fraction:.0%}), "
+                          f"first: {skipped[0]}")
+    return encoded, skipped
+
+
+# ---------------------------------------------------------------- the metric's inputs
+
+
+def check_gold_answers(gold_answers) -> None:
+    if isinstance(gold_answers, str) or not all(isinstance(a, str) for a in gold_answers):
+        raise CourseError(f"gold answers must be a list of strings (record['answers']['text']), got {gold_answers!r}")
+
+
+def check_predictions(predictions: dict, records: list[dict]) -> None:
+    """A prediction (a string, "" for no answer) for every record, and at least one record."""
+    if not records:
+        raise CourseError("squad_v2_scores: no records to score")
+    wrong = [(k, v) for k, v in predictions.items() if not isinstance(v, str)]
+    if wrong:
+        raise CourseError(f"prediction for record {wrong[0][0]!r} is {wrong[0][1]!r}; each prediction is the answer "
+                          "text, \"\" for no answer")
+    missing = [r["id"] for r in records if r["id"] not in predictions]
+    if missing:
+        raise CourseError(f"no prediction for {len(missing)} record(s), first: {missing[0]}")
