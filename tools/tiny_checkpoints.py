@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from utils.errors import CourseError
 from utils.smoke import fixture_path
+from utils.squad import INSTRUCTION, NO_ANSWER, PROMPT_TEMPLATE
 
 #: Bump when the builder changes what it writes, so old caches are rebuilt rather than reused.
 BUILDER_VERSION = 3
@@ -73,11 +75,11 @@ def _corpus() -> list[str]:
                 texts.extend(qa["question"] for qa in paragraph["qas"])
     texts.append(fixture_path("prompts").read_text(encoding="utf-8"))
     texts.append(fixture_path("reviews").read_text(encoding="utf-8"))
-    # The prompt templates' fixed words, so that they are whole tokens, as they are in the real vocabularies.
+    # The prompt templates' fixed words, so that they are whole tokens, as they are in the real vocabularies: read
+    # from the constants the chapters define (chapter 02's SQuAD prompt), never retyped here.
+    squad_words = " ".join([INSTRUCTION, *re.findall(r"\w+:", PROMPT_TEMPLATE), NO_ANSWER])
     texts.append("Below is an instruction that describes a task. Write a response that appropriately completes "
-                 "the request.\n\n### Instruction:\n### Input:\n### Response:\n"
-                 "Read the context and question to find the correct answer. context: question: answer: "
-                 "answers not in context")
+                 "the request.\n\n### Instruction:\n### Input:\n### Response:\n" + squad_words)
     return texts
 
 
