@@ -251,7 +251,8 @@ def instruction_lengths(quick: bool) -> tuple[list[int], str]:
 
 
 def squad_lengths() -> tuple[list[int], str]:
-    """Token counts of chapter 02's examples (prompt + answer + end-of-text, at most 512 as in full mode)."""
+    """Token counts of chapter 02's examples (prompt + answer + end-of-text, at most 512 as in full mode, or the tiny
+    tokenizer's context of 256 where that is shorter: the fixture's examples are shorter than both)."""
     from transformers import AutoTokenizer
 
     from utils.smoke import fixture_path, tiny_checkpoint
@@ -259,7 +260,7 @@ def squad_lengths() -> tuple[list[int], str]:
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint("gptj"))
     records = load_squad(fixture_path("squad_train"), "train")
-    encoded, _ = encode_records(records, tokenizer, max_length=512, max_skip_fraction=1.0)
+    encoded, _ = encode_records(records, tokenizer, max_length=min(512, tokenizer.model_max_length), max_skip_fraction=1.0)
     return [len(e["input_ids"]) for e in encoded], f"SQuAD v2 fixture (train), {len(encoded)} examples"
 
 
