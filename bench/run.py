@@ -239,7 +239,9 @@ def bench_lora(quick: bool, repeats: int, batch: int = 1, seq: int = 128, rank: 
 
 def instruction_lengths(quick: bool) -> tuple[list[int], str]:
     """Token counts of chapter 04's padded sequences (prompt + response + the <|endoftext|> the collate appends)."""
-    from utils.instruction_data import InstructionDataset, Tokenizer, load_instruction_data
+    from utils.gpt_hub import Tokenizer
+    from utils.instruction_data import InstructionDataset
+    from utils.instruction_files import load_instruction_data
     from utils.smoke import fixture_path, tiny_checkpoint
 
     real = Path("/work/shared/data/instruction-data.json")

@@ -14,7 +14,8 @@ from collections import Counter
 
 from utils.checks import check_field
 from utils.errors import CourseError
-from utils.instruction_data import FIELDS, format_input
+from utils.instruction_data import format_input
+from utils.instruction_files import FIELDS
 
 OLLAMA_URL = "http://localhost:11434"
 
