@@ -120,7 +120,7 @@ def bench_gpt2(quick: bool, repeats: int, batch: int = 2, seq: int = 256) -> tup
             f"x sequence {seq}, random weights, fp32, dropout 0 in both, transformers with attn_implementation='sdpa' and "
             f"use_cache=False; loss = cross-entropy over all logits in both; median of {repeats} interleaved repeats "
             f"after a warm-up; 'spread' = (max - min) / median of the repeats. GPTModel computes LayerNorm and GELU "
-            f"with F.layer_norm and F.gelu(approximate='tanh'): written out as five to eight elementwise operations "
+            f"with F.layer_norm and F.gelu(approximate='tanh') (its FusedLayerNorm and FusedGELU): as the formulas, written out as five to eight elementwise operations "
             f"each, they made it 1.14x (forward) and 1.19x (training step) slower than transformers. GPTModel's output head is untied (its own 38.6M-parameter copy, as the source) while "
             f"GPT2LMHeadModel ties it to the embedding: the same matmuls either way.\n\n"
             f"MFU: N = parameters of the matrix multiplies (every Linear / Conv1D weight, the output head once; token and "
@@ -239,7 +239,9 @@ def bench_lora(quick: bool, repeats: int, batch: int = 1, seq: int = 128, rank: 
 
 def instruction_lengths(quick: bool) -> tuple[list[int], str]:
     """Token counts of chapter 04's padded sequences (prompt + response + the <|endoftext|> the collate appends)."""
-    from utils.instruction_data import InstructionDataset, Tokenizer, load_instruction_data
+    from utils.gpt_hub import Tokenizer
+    from utils.instruction_data import InstructionDataset
+    from utils.instruction_files import load_instruction_data
     from utils.smoke import fixture_path, tiny_checkpoint
 
     real = Path("/work/shared/data/instruction-data.json")

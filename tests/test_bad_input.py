@@ -19,12 +19,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tools.nbexport import load
 from utils.batching import LengthGroupedBatchSampler
+from utils.checkpoints import load_checkpoint, save_checkpoint
 from utils.checks import read_text
 from utils.env import seed_everything
 from utils.errors import CourseArgumentError, CourseError
-from utils.gpt import GPTModel, calc_loss_loader, generate, load_checkpoint, load_gpt2, save_checkpoint, train_model
+from utils.gpt import GPTModel, calc_loss_loader, generate, load_gpt2, train_model
+from utils.gpt_hub import Tokenizer
 from utils.hub import hub_errors, hub_failure
-from utils.instruction_data import Tokenizer, custom_collate_fn, load_instruction_data, split_data
+from utils.instruction_data import custom_collate_fn, split_data
+from utils.instruction_files import load_instruction_data
 from utils.judge import generate_model_scores
 from utils.lora import LoRALayer, replace_linear_with_lora
 from utils.memory_budget import memory_budget

@@ -12,15 +12,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from utils.errors import CourseError
-from utils.instruction_data import (
-    InstructionDataset,
-    Tokenizer,
-    custom_collate_fn,
-    format_input,
-    load_instruction_data,
-    split_data,
-    validate_instruction_data,
-)
+from utils.gpt_hub import Tokenizer
+from utils.instruction_data import ALPACA_TEMPLATE, InstructionDataset, custom_collate_fn, format_input, split_data
+from utils.instruction_files import load_instruction_data, validate_instruction_data
 from utils.smoke import fixture_path, tiny_checkpoint
 
 # the 1,100-entry data, where this machine has it: in shared/ beside the checkout (as on the course's machines and CI)
@@ -106,7 +100,7 @@ def test_dataset_tokenizes_prompt_and_response_and_masks_on_request():
     tok = Tokenizer(tiny_checkpoint("gpt2"))
     entry = {"instruction": "Rewrite the sentence.", "input": "The cat sat.", "output": "The cat was sitting."}
     plain = InstructionDataset([entry], tok)
-    full_text = format_input(entry) + "\n\n### Response:\nThe cat was sitting."
+    full_text = format_input(entry) + ALPACA_TEMPLATE["response"] + "The cat was sitting."
     assert plain[0] == tok.encode(full_text) and tok.decode(plain[0]) == full_text
     masked = InstructionDataset([entry], tok, mask_instructions=True)
     length, tokens = masked[0]

@@ -16,14 +16,14 @@ from utils.gpt import (
     GPT_CONFIGS,
     GPTModel,
     calc_loss_batch,
-    config_from_hf,
     generate,
     load_gpt2,
     text_to_token_ids,
     token_ids_to_text,
     train_model,
 )
-from utils.instruction_data import InstructionDataset, Tokenizer, custom_collate_fn
+from utils.gpt_hub import Tokenizer, config_from_hf
+from utils.instruction_data import InstructionDataset, custom_collate_fn
 from utils.smoke import fixture_path, tiny_checkpoint
 
 
@@ -169,20 +169,33 @@ def test_resume_without_checkpoint_says_what_to_do(tmp_path):
         train_model(model, train, val, optimizer, "cpu", 1, 1, 1, checkpoint_dir=tmp_path / "none", resume=True)
 
 
-def test_layernorm_and_gelu_compute_the_written_formulas() -> None:
-    """The fused kernels GPTModel uses are the formulas the notebook explains."""
-    import math
-
-    from utils.gpt import GELU, LayerNorm
+def test_layernorm_and_gelu_are_the_formulas_and_the_fused_ones_equal_them() -> None:
+    """LayerNorm and GELU (what the notebook's learner reads) are GPT-2's; the fused subclasses GPTModel uses compute
+    the same, with the same parameters."""
+    from utils.gpt import GELU, FusedGELU, FusedLayerNorm, LayerNorm
 
     torch.manual_seed(0)
     x = torch.randn(4, 7, 64) * 3
-    norm = LayerNorm(64)
+    norm, fused = LayerNorm(64), FusedLayerNorm(64)
     with torch.no_grad():
         norm.scale.normal_()
         norm.shift.normal_()
-    mean, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True, unbiased=False)
-    expected = norm.scale * (x - mean) / torch.sqrt(var + 1e-5) + norm.shift
-    assert torch.allclose(norm(x), expected, atol=1e-5)
-    tanh_gelu = 0.5 * x * (1 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
-    assert torch.allclose(GELU()(x), tanh_gelu, atol=1e-5)
+    fused.load_state_dict(norm.state_dict())
+    reference = torch.nn.LayerNorm(64, eps=1e-5)  # torch's: biased variance, as GPT-2
+    reference.load_state_dict({"weight": norm.scale, "bias": norm.shift})
+    torch.testing.assert_close(norm(x), reference(x))
+    torch.testing.assert_close(fused(x), norm(x))
+    assert list(fused.state_dict()) == list(norm.state_dict()) == ["scale", "shift"]
+    torch.testing.assert_close(GELU()(x), torch.nn.GELU(approximate="tanh")(x))
+    torch.testing.assert_close(FusedGELU()(x), GELU()(x))
+    assert not torch.allclose(GELU()(x), torch.nn.GELU()(x), atol=1e-4)  # the tanh form, not the exact erf GELU
+
+
+def test_gpt_model_uses_the_fused_layers() -> None:
+    from utils.gpt import FusedGELU, FusedLayerNorm
+
+    model = GPTModel({**GPT_CONFIG_124M, "vocab_size": 16, "context_length": 8, "emb_dim": 8, "n_heads": 2,
+                      "n_layers": 2})
+    norms = [m for m in model.modules() if type(m).__name__.endswith("LayerNorm")]
+    assert len(norms) == 2 * 2 + 1 and all(type(m) is FusedLayerNorm for m in norms)
+    assert [type(m) for m in model.modules() if type(m).__name__.endswith("GELU")] == [FusedGELU, FusedGELU]

@@ -9,7 +9,15 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from utils.gpt import GPT_CONFIGS, GPTModel
-from utils.lora import LinearWithLoRA, LoRALayer, merge_all_lora, merge_lora, num_parameters, replace_linear_with_lora
+from utils.lora import (
+    LinearWithLoRA,
+    LoRALayer,
+    count_trainable,
+    lora_model,
+    merge_all_lora,
+    merge_lora,
+    replace_linear_with_lora,
+)
 
 TINY = {"vocab_size": 64, "context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0,
         "qkv_bias": True}
@@ -44,13 +52,11 @@ def test_b_zero_gives_the_base_model_outputs_exactly():
 def test_freezing_then_lora_leaves_only_a_and_b_trainable():
     torch.manual_seed(0)
     model = GPTModel(TINY)
-    total = num_parameters(model)
-    for p in model.parameters():
-        p.requires_grad = False
-    assert num_parameters(model) == 0 and num_parameters(model, trainable_only=False) == total
-    replace_linear_with_lora(model, rank=4, alpha=8)
+    total = sum(p.numel() for p in model.parameters())
+    counts = lora_model(model, rank=4, alpha=8)
     expected = sum(4 * (m.in_features + m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear))
-    assert num_parameters(model) == expected
+    assert counts == {"before freezing": total, "after freezing": 0, "with LoRA (r=4)": expected}
+    assert count_trainable(model) == expected
     assert all(name.endswith((".A", ".B")) for name, p in model.named_parameters() if p.requires_grad)
 
 
@@ -108,12 +114,9 @@ def test_matches_peft_lora_with_the_same_a_and_b():
 
 def test_gpt2_medium_lora_counts_on_the_meta_device():
     with torch.device("meta"):
-        model = GPTModel(GPT_CONFIGS["gpt2-medium (355M)"])
-        total = num_parameters(model)
-        for p in model.parameters():
-            p.requires_grad = False
-        replace_linear_with_lora(model, rank=16, alpha=16)
-    assert total == 406_286_336  # 354,823,168 plus the untied output head (50,257 x 1,024)
+        counts = lora_model(GPTModel(GPT_CONFIGS["gpt2-medium (355M)"]), rank=16, alpha=16)
+    assert counts["before freezing"] == 406_286_336  # 354,823,168 plus the untied output head (50,257 x 1,024)
+    assert counts["after freezing"] == 0
     # per block: 4 x (1024+1024) attention, (1024+4096) + (4096+1024) feed-forward, times r=16; plus out_head
     per_block = 16 * (4 * 2048 + 2 * 5120)
-    assert num_parameters(model) == 24 * per_block + 16 * (1024 + 50257)
+    assert counts["with LoRA (r=16)"] == 24 * per_block + 16 * (1024 + 50257)

@@ -13,7 +13,8 @@ import urllib.request
 
 from utils.checks import check_field
 from utils.errors import CourseError
-from utils.instruction_data import FIELDS, format_input
+from utils.instruction_data import format_input
+from utils.instruction_files import FIELDS
 from utils.squad import overlap_f1
 
 OLLAMA_URL = "http://localhost:11434"
