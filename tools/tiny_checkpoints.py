@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.errors import CourseError
+from utils.instruction_data import ALPACA_TEMPLATE
 from utils.smoke import fixture_path
 from utils.squad import INSTRUCTION, NO_ANSWER, PROMPT_TEMPLATE
 
@@ -76,10 +77,12 @@ def _corpus() -> list[str]:
     texts.append(fixture_path("prompts").read_text(encoding="utf-8"))
     texts.append(fixture_path("reviews").read_text(encoding="utf-8"))
     # The prompt templates' fixed words, so that they are whole tokens, as they are in the real vocabularies: read
-    # from the constants the chapters define (chapter 02's SQuAD prompt), never retyped here.
+    # from the constants the chapters define (chapter 04's Alpaca template, chapter 02's SQuAD prompt), never retyped.
+    # The Alpaca headers stand one per line, as this corpus has always had them: the same text, the same checkpoints.
+    alpaca = ALPACA_TEMPLATE["preamble"] + ALPACA_TEMPLATE["instruction"] + "".join(
+        ALPACA_TEMPLATE[part].lstrip("\n") for part in ("input", "response"))
     squad_words = " ".join([INSTRUCTION, *re.findall(r"\w+:", PROMPT_TEMPLATE), NO_ANSWER])
-    texts.append("Below is an instruction that describes a task. Write a response that appropriately completes "
-                 "the request.\n\n### Instruction:\n### Input:\n### Response:\n" + squad_words)
+    texts.append(alpaca + squad_words)
     return texts
 
 
