@@ -6,7 +6,7 @@ repeats is reported: on a shared machine the absolute seconds move, the ratios h
 
 1. the from-scratch GPTModel (utils/gpt.py) against transformers' GPT2LMHeadModel, gpt2-small shape;
 2. the model FLOPs utilisation of that training step against a matmul peak measured in the same run;
-3. LoRA from scratch (utils/lora.py) against full fine-tuning and against peft's LoRA, gpt2-medium shape;
+3. LoRA from scratch (chapter 04's 02_lora_from_scratch.ipynb) against full fine-tuning and against peft's LoRA, gpt2-medium shape;
 4. padding waste of chapters 02 and 04's batches, plain shuffling against length-grouped batching;
 5. (--notebooks) the wall time of each notebook in smoke mode;
 6. on a CUDA GPU only: the real-shape recipes (bench/gpu.py).
@@ -139,9 +139,11 @@ def lora_targets(model) -> list[str]:
 
 
 def build_variant(variant: str, cfg: dict, rank: int, alpha: int):
-    """GPTModel trained in full, or with LoRA from scratch (utils.lora), or with peft's LoRA on the same Linears."""
+    """GPTModel trained in full, or with LoRA from scratch (chapter 04's notebook), or with peft's LoRA on the same Linears."""
+    from tools.nbexport import load
     from utils.gpt import GPTModel
-    from utils.lora import replace_linear_with_lora
+
+    replace_linear_with_lora = load("04-instruction-gpt2/02_lora_from_scratch.ipynb").replace_linear_with_lora
 
     model = GPTModel(cfg)
     if variant == "full fine-tune":

@@ -29,13 +29,16 @@ from utils.hub import hub_errors, hub_failure
 from utils.instruction_data import custom_collate_fn, split_data
 from utils.instruction_files import load_instruction_data
 from utils.judge import generate_model_scores
-from utils.lora import LoRALayer, replace_linear_with_lora
 from utils.memory_budget import memory_budget
 from utils.quantization import load_prompt_dataset
 from utils.real_models import meta_model
 from utils.smoke import fixture_path, tiny_checkpoint
 from utils.squad import collate_squad_batch, encode_example, encode_records, load_squad, squad_v2_scores
 from utils.text_data import GPTDatasetV1, create_dataloader_v1
+
+LORA = load("04-instruction-gpt2/02_lora_from_scratch.ipynb")  # LoRA from scratch, from its notebook
+LoRALayer = LORA.LoRALayer
+replace_linear_with_lora = LORA.replace_linear_with_lora
 
 CH05 = load("05-lr-schedules/01_warmup_cosine_clipping.ipynb")  # the chapter's code, from its notebook
 CH03 = load("03-qlora-bloom/01_quantization_basics.ipynb")

@@ -8,16 +8,17 @@ import math
 import torch
 from peft import LoraConfig, get_peft_model
 
+from tools.nbexport import load
 from utils.gpt import GPT_CONFIGS, GPTModel
-from utils.lora import (
-    LinearWithLoRA,
-    LoRALayer,
-    count_trainable,
-    lora_model,
-    merge_all_lora,
-    merge_lora,
-    replace_linear_with_lora,
-)
+
+LORA = load("04-instruction-gpt2/02_lora_from_scratch.ipynb")  # LoRA from scratch, from its notebook
+LinearWithLoRA = LORA.LinearWithLoRA
+LoRALayer = LORA.LoRALayer
+count_trainable = LORA.count_trainable
+lora_model = LORA.lora_model
+merge_all_lora = LORA.merge_all_lora
+merge_lora = LORA.merge_lora
+replace_linear_with_lora = LORA.replace_linear_with_lora
 
 TINY = {"vocab_size": 64, "context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "drop_rate": 0.0,
         "qkv_bias": True}
