@@ -127,3 +127,32 @@ def test_tests_load_a_lesson_from_its_notebook() -> None:
     ch05 = nbexport.load("05-lr-schedules/01_warmup_cosine_clipping.ipynb")
     assert ch05.count_steps(9, 15, 0.2) == (135, 27)  # the source's 9 batches x 15 epochs, 20% warmup
     assert nbexport.load(ROOT / "05-lr-schedules/01_warmup_cosine_clipping.ipynb") is ch05
+
+
+def _utils_imports(source: str) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(MAGIC.sub(r"\1pass", source))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "utils":
+                found |= {alias.name for alias in node.names}
+            elif node.module.startswith("utils."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("utils.")}
+    return found
+
+
+def test_utils_holds_only_what_notebooks_and_chapter_scripts_import() -> None:
+    """utils/ is what the lessons import at run time (directly or through another utils module), nothing else:
+    code only tests or tooling need is loaded from its notebook or lives in tools/."""
+    sources = [cell.source for path in NOTEBOOKS for cell in nbformat.read(str(path), as_version=4).cells
+               if cell.cell_type == "code"]
+    sources += [p.read_text(encoding="utf-8") for p in sorted(ROOT.glob("[0-9][0-9]-*/*.py"))]
+    modules = {p.stem: p.read_text(encoding="utf-8") for p in (ROOT / "utils").glob("*.py") if p.stem != "__init__"}
+    used = set().union(*map(_utils_imports, sources))
+    todo = list(used)
+    while todo:
+        for name in _utils_imports(modules.get(todo.pop(), "")) - used:
+            used.add(name)
+            todo.append(name)
+    assert sorted(set(modules) - used) == []
