@@ -39,7 +39,7 @@ $(STAMP): requirements.txt requirements-colab.txt requirements-dev.txt pyproject
 			|| { echo "could not install $(TORCH_CPU)"; exit 1; }; \
 	fi
 	$(PY) -m pip install -q -r requirements-dev.txt || { echo "pip could not install the pinned stack (see above)"; exit 1; }
-	$(PY) -m pip install -q --no-deps $$($(PY) -c "import setuptools" 2>/dev/null && echo --no-build-isolation) -e . || { echo "pip could not install the course itself (pyproject.toml)"; exit 1; }
+	$(PY) -m pip install -q --no-deps -e . || { echo "pip could not install the course itself (pyproject.toml)"; exit 1; }
 	@touch $(STAMP)
 
 run: $(STAMP)
