@@ -18,8 +18,8 @@ from utils.errors import CourseError
 from utils.hub import hub_errors
 from utils.paths import ROOT
 from utils.smoke import fixture_path, tiny_checkpoint
-from utils.squad import encode_records, load_squad, squad_train_epoch
-from utils.training_state import load_training_state, save_training_state
+from utils.squad import collate_squad_batch, encode_records, load_squad, squad_train_epoch
+from utils.training_state import load_training_state, save_training_state, saved_state
 
 logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
 NOTEBOOK = ROOT / "02-lora-gptj" / "01_lora_gptj_squad.ipynb"
@@ -128,6 +128,51 @@ def test_a_crash_while_saving_keeps_the_last_complete_epoch(batches, tmp_path, m
     assert state == {"epoch": 1}
     with pytest.raises(CourseError, match="no saved epoch"):
         load_training_state(tmp_path / "nothing", model, optimizer, scaler)
+
+
+@pytest.mark.parametrize("crash_at", [1, 2], ids=["before the old epoch moves aside", "between the two renames"])
+def test_a_crash_while_swapping_in_the_new_epoch_loses_neither(batches, tmp_path, monkeypatch, crash_at):
+    """Replacing a folder takes two renames; a crash at either leaves the old epoch or the new one to resume from."""
+    model = lora_model()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    save_training_state(tmp_path / "last", model, optimizer, scaler, {"epoch": 1}, lora_state(model))
+    real_rename, renames = type(tmp_path).rename, []
+
+    def rename(self, target):
+        renames.append(self.name)
+        if len(renames) == crash_at:
+            raise OSError("power cut")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(type(tmp_path), "rename", rename)
+    with pytest.raises(OSError, match="power cut"):
+        save_training_state(tmp_path / "last", model, optimizer, scaler, {"epoch": 2}, lora_state(model))
+    monkeypatch.undo()
+    assert renames == ["last", "last.tmp"][:crash_at]
+    assert saved_state(tmp_path / "last") == tmp_path / ("last" if crash_at == 1 else "last.old")
+    state, _ = load_training_state(tmp_path / "last", model, optimizer, scaler)
+    assert state == {"epoch": 1}
+    save_training_state(tmp_path / "last", model, optimizer, scaler, {"epoch": 2}, lora_state(model))  # and on
+    assert load_training_state(tmp_path / "last", model, optimizer, scaler)[0] == {"epoch": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_a_short_last_group_is_averaged_over_its_own_batches(batches):
+    """3 batches, accumulation 2: the first step's loss is the mean of batches 1 and 2, the second is batch 3's own
+    (divided by 1, not by 2). A learning rate of 0 keeps the weights, so each batch's loss can be measured apart."""
+    data, pad = batches
+    model = lora_model()
+    for module in model.modules():  # no dropout: the losses must be the same twice
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    losses = squad_train_epoch(model, data, optimizer, torch.amp.GradScaler("cpu", enabled=False), grad_accum=2,
+                               pad_token_id=pad)
+    with torch.no_grad():
+        each = [model(**collate_squad_batch(batch, pad)).loss.item() for batch in data]
+    assert losses == pytest.approx([(each[0] + each[1]) / 2, each[2]], rel=1e-5)
+    assert abs(losses[1] - each[2] / 2) > 1e-3  # dividing the short group by grad_accum would be caught
 
 
 def notebook_loader():

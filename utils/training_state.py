@@ -3,7 +3,8 @@
 The notebook's training cell shows the resume itself (load, restore the random state, continue after the saved
 epoch); this module only writes and reads the files: the adapter and the best adapter so far (safetensors), the
 optimizer and GradScaler state (tensors-only torch files, read back with weights_only=True) and the loop's counters
-and history (JSON), written into a temporary folder and renamed, so a crash never leaves a half-written epoch.
+and history (JSON), written into a temporary folder and renamed, so a crash never leaves a half-written epoch
+and never loses the last complete one.
 """
 
 from __future__ import annotations
@@ -32,9 +33,24 @@ def save_training_state(folder: str | os.PathLike, model, optimizer, scaler, sta
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scaler.state_dict(), tmp / "scaler.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
-    shutil.rmtree(folder, ignore_errors=True)
+    old = _previous(folder)
+    if folder.exists():  # complete (it only ever appears by a rename): the save before it is not needed any more
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)  # from here until the next rename, saved_state() finds this epoch under .old
     tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def _previous(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".old")
+
+
+def saved_state(folder: str | os.PathLike) -> Path | None:
+    """The folder holding the last complete save at `folder` (or the epoch before it, if a crash interrupted the
+    swap of the two), or None when nothing was saved there."""
+    folder = Path(folder)
+    return next((f for f in (folder, _previous(folder)) if (f / "state.json").is_file()), None)
 
 
 def load_training_state(folder: str | os.PathLike, model, optimizer, scaler) -> tuple[dict, dict]:
@@ -43,9 +59,10 @@ def load_training_state(folder: str | os.PathLike, model, optimizer, scaler) -> 
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    folder = Path(folder)
-    if not (folder / "state.json").is_file():
+    found = saved_state(folder)
+    if found is None:
         raise CourseError(f"{folder} holds no saved epoch (no state.json): nothing to resume from")
+    folder = found
     set_peft_model_state_dict(model, load_file(str(folder / "adapter.safetensors"), device=str(model.device)))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location=model.device))
     scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=True))
