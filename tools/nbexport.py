@@ -104,26 +104,30 @@ def _ruff(source: str, filename: str, *args: str) -> subprocess.CompletedProcess
 
 
 def render(module: str, parts: list[Part]) -> str:
-    """The text of `utils/<module>.py`, made from `parts`."""
+    """The text of `utils/<module>.py`, made from `parts`. A notebook imports a name once, so the imports of all its
+    export cells (whichever module they go to) are offered to the module, and ruff keeps those it uses."""
     sources = sorted({part.notebook.relative_to(ROOT).as_posix() for part in parts})
     imports, bodies = [], []
     for part in parts:
-        cell_imports, body = _split_imports(part)
-        imports += [i for i in cell_imports if i not in imports]
+        _, body = _split_imports(part)
         if ast.parse(body).body:  # a cell of imports and comments adds only its imports
             bodies.append(f"# {part.where}\n{body}")
+    for notebook in dict.fromkeys(part.notebook for part in parts):
+        for other in notebook_parts(notebook):
+            imports += [i for i in _split_imports(other)[0]
+                        if i not in imports and not i.startswith(f"from utils.{module} import")]  # never itself
     if len(sources) == 1:
         docstring = f'"""The code {sources[0]} teaches, exported for the notebooks, scripts and tests that use it."""'
     else:
         docstring = ('"""The code these notebooks teach, exported for the notebooks, scripts and tests that use it:\n\n'
                      + "".join(f"- {source}\n" for source in sources) + '"""')
     header = f"{GENERATED.format(module=module)}\n{docstring}\n"
-    text = header + "\n" + "\n".join(imports) + "\n\n\n" + "\n\n\n".join(bodies) + "\n"
+    code = "\n".join(imports) + "\n\n\n" + "\n\n\n".join(bodies) + "\n"
     filename = f"utils/{module}.py"
-    fixed = _ruff(text, filename, "--select", "F401,I001", "--fix", "--exit-zero")
+    fixed = _ruff(code, filename, "--select", "F401,I001", "--fix", "--exit-zero")
     if fixed.returncode != 0:
         raise ExportError(f"{filename}: ruff could not tidy the exported code: {fixed.stderr.strip()}")
-    text = fixed.stdout
+    text = header + "\n" + fixed.stdout.lstrip("\n")
     undefined = _ruff(text, filename, "--select", "F821,F811", "--output-format", "concise")
     if undefined.returncode != 0:
         problems = [line.split(": ", 1)[-1] for line in undefined.stdout.splitlines() if ": F8" in line]

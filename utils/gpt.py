@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from utils.checkpoints import check_loop_args, epoch_batches, save_training_checkpoint, start_run
-from utils.checks import check_int, check_number, check_tensors, load_safetensors, read_json  # noqa: F811
-from utils.errors import CourseArgumentError, CourseError  # noqa: F811
+from utils.checks import check_int, check_number, check_tensors, load_safetensors, read_json
+from utils.errors import CourseArgumentError, CourseError
 from utils.gpt_hub import check_gpt_config, config_from_hf, resolve_checkpoint
 
 
