@@ -156,3 +156,14 @@ def test_utils_holds_only_what_notebooks_and_chapter_scripts_import() -> None:
             used.add(name)
             todo.append(name)
     assert sorted(set(modules) - used) == []
+
+
+def test_the_reported_figures_agree_with_the_exporter() -> None:
+    """tools.code_figures (the figures the notes quote) counts 0 copies and the modules sync generated."""
+    from tools.code_figures import figures
+
+    found = figures(ROOT)
+    assert found["hand-kept copies"] == 0
+    assert found["generated modules"] == sorted(p.stem for p in nbexport.generated_files())
+    assert found["utils lines"] == found["hand-written utils lines"] + found["generated utils lines"]
+    assert set(found["chapters"]) == {p.parent.name for p in NOTEBOOKS}
