@@ -1,5 +1,5 @@
 """Chapter 02: SQuAD v2 records, the prompt, tokenization with the loss on the answer only, context truncation,
-bad records, and padding to the longest (utils.squad, written out identically in the notebook)."""
+bad records, and padding to the longest (utils.squad, exported from the notebook by make sync)."""
 
 import json
 
