@@ -8,12 +8,15 @@ metadata into a scratch folder, so that this environment is never touched.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
+from machine import PYTHON_313, needs
 from nbclient import NotebookClient
 
 from tools.nbtools import COLAB_DIR, setup_source
@@ -166,3 +169,36 @@ def test_bad_runtimes_get_one_clear_message(python, torch, message):
 def test_colabs_runtime_passes_the_runtime_check():
     assert MIN_PYTHON == (3, 10)
     check_runtime((3, 13), "2.11.0+cu128", torch_range())  # Colab's, from data/colab/
+
+
+def _index_reachable() -> bool:
+    """Whether PyPI answers (in a subprocess: tests/conftest.py refuses this process's connections)."""
+    probe = "import socket; socket.create_connection(('pypi.org', 443), timeout=10).close()"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_on_colabs_python_the_cell_installs_the_clone_with_pips_real_editable_install(tmp_path):
+    """The stand-in pip above writes a plain .pth; real pip writes setuptools' import-hook .pth. Here the cell runs
+    with the real pip on Python 3.13 (Colab's) in a venv without the course: it must install the clone editable and
+    import utils.colab from it in the same process (it then stops, rightly, because this venv has no torch)."""
+    needs(PYTHON_313 is not None, "Python 3.13 (Colab's) is not installed here: `pyenv install 3.13` runs this check")
+    needs(_index_reachable(), "PyPI is unreachable from here, and pip needs it to build the editable install")
+    venv = tmp_path / "colab"
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("HTTP_PROXY", "HTTPS_PROXY", "PYTHON"))}
+    subprocess.run([PYTHON_313, "-m", "venv", str(venv)], check=True)
+    subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "-q", "packaging"], check=True, env=env)  # Colab's
+    standins = tmp_path / "standins" / "google" / "colab"
+    standins.mkdir(parents=True)
+    (standins / "__init__.py").write_text('"""Stand-in for Colab\'s module."""\n')
+    content = tmp_path / "content" / "peft-course"
+    cell = _colab_cell(f"file://{_remote(tmp_path)}", content)
+    script = ("import google.colab\ntry:\n" + "".join(f"    {line}\n" for line in cell.splitlines())
+              + "except Exception as exc:\n    print(f'{type(exc).__name__}: {exc}')\n"
+              + "import utils\nprint('utils from', utils.__file__)\n")
+    env["PYTHONPATH"] = str(tmp_path / "standins")
+    run = subprocess.run([venv / "bin" / "python", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "CourseError: this runtime has no torch" in run.stdout, run.stdout + run.stderr[-3000:]
+    assert f"utils from {content / 'utils' / '__init__.py'}" in run.stdout
