@@ -20,9 +20,10 @@ import os
 import sys
 from pathlib import Path
 
-from utils.env import pick_dtype, seed_everything
+from utils.ch03_qlora import adapters_to_fp32, load_prompt_dataset, require_4bit_support
+from utils.checks import check_target_modules
 from utils.hub import hub_errors
-from utils.quantization import adapters_to_fp32, check_target_modules, load_prompt_dataset, require_4bit_support  # noqa: E501
+from utils.machine import pick_dtype, seed_everything
 
 
 def _positive(kind):

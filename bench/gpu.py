@@ -135,7 +135,7 @@ def lora_model(config, recipe: Recipe, dtype, device):
 def measure(model, vocab: int, recipe: Recipe, device, autocast_dtype, warmup: int = 2, steps: int = 5) -> dict:
     """Peak memory (CUDA max allocated, weights included) and tokens/s of full training steps at the recipe's shape:
     autocast in `autocast_dtype` with a GradScaler for fp16, on an optimizer built on fp32 trainable parameters."""
-    from utils.env import peak_memory
+    from utils.machine import peak_memory
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     if {p.dtype for p in trainable} != {torch.float32}:
@@ -183,7 +183,7 @@ def predicted_bytes(recipe: Recipe) -> float:
 
     meta = meta_model(recipe.model_id)
     if recipe.bits is None:  # full fine-tune in fp32: every parameter trained (weight, grad, two AdamW moments)
-        from utils.gpt import GPT_CONFIGS, GPTModel
+        from utils.lessons.gpt import GPT_CONFIGS, GPTModel
 
         with torch.device("meta"):
             params = sum(p.numel() for p in GPTModel(GPT_CONFIGS["gpt2-medium (355M)"]).parameters())
@@ -204,7 +204,7 @@ def run_recipe(recipe: Recipe, device, warmup: int = 2, steps: int = 5) -> dict:
 
     dtype = T4_DTYPE  # the T4 recipe, whatever this GPU could do
     if recipe.bits is None:
-        from utils.gpt import GPT_CONFIGS, GPTModel
+        from utils.lessons.gpt import GPT_CONFIGS, GPTModel
 
         torch.manual_seed(0)
         model = GPTModel({**GPT_CONFIGS["gpt2-medium (355M)"], "drop_rate": 0.0}).to(device)

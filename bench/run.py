@@ -4,7 +4,7 @@ Every comparison is timed in the same run, round-robin (A B A B ...), after a wa
 repeats is reported: on a shared machine the absolute seconds move, the ratios hold. Random weights throughout
 (the shapes, not the values, set the cost). Sections:
 
-1. the from-scratch GPTModel (utils/gpt.py) against transformers' GPT2LMHeadModel, gpt2-small shape;
+1. the from-scratch GPTModel (utils/lessons/gpt.py) against transformers' GPT2LMHeadModel, gpt2-small shape;
 2. the model FLOPs utilisation of that training step against a matmul peak measured in the same run;
 3. LoRA from scratch (chapter 04's 02_lora_from_scratch.ipynb) against full fine-tuning and against peft's LoRA, gpt2-medium shape;
 4. padding waste of chapters 02 and 04's batches, plain shuffling against length-grouped batching;
@@ -47,7 +47,7 @@ GIB = 2**30
 
 def gpt_config(name: str, quick: bool) -> dict:
     """A GPTModel config of a GPT-2 size, dropout 0 (equal work for both models); tiny when `quick`."""
-    from utils.gpt import GPT_CONFIGS
+    from utils.lessons.gpt import GPT_CONFIGS
 
     cfg = {**GPT_CONFIGS[name], "drop_rate": 0.0}
     if quick:
@@ -73,7 +73,7 @@ def lm_loss(logits, targets):
 
 
 def bench_gpt2(quick: bool, repeats: int, batch: int = 2, seq: int = 256) -> tuple[list[dict], list[dict], str]:
-    from utils.gpt import GPTModel
+    from utils.lessons.gpt import GPTModel
 
     torch.manual_seed(0)
     cfg = gpt_config("gpt2-small (124M)", quick)
@@ -141,7 +141,7 @@ def lora_targets(model) -> list[str]:
 def build_variant(variant: str, cfg: dict, rank: int, alpha: int):
     """GPTModel trained in full, or with LoRA from scratch (chapter 04's notebook), or with peft's LoRA on the same Linears."""
     from tools.nbexport import load
-    from utils.gpt import GPTModel
+    from utils.lessons.gpt import GPTModel
 
     replace_linear_with_lora = load("04-instruction-gpt2/02_lora_from_scratch.ipynb").replace_linear_with_lora
 
@@ -181,7 +181,7 @@ VARIANTS = ("full fine-tune", "LoRA (from scratch)", "LoRA (peft)")
 def memory_probe(variant: str, quick: bool, batch: int, seq: int, rank: int, alpha: int, steps: int = 2) -> dict:
     """Run in a fresh process (so that no other model shares its memory): build the variant, take `steps`
     training steps, and report its peak resident memory and optimizer-state bytes."""
-    from utils.env import peak_memory
+    from utils.machine import peak_memory
 
     torch.manual_seed(0)
     cfg = gpt_config("gpt2-medium (355M)", quick)
@@ -230,7 +230,7 @@ def bench_lora(quick: bool, repeats: int, batch: int = 1, seq: int = 128, rank: 
             f"chapter 04's replace_linear_with_lora wraps); peft gets the same Linears by name (LoraConfig("
             f"target_modules=[...]), lora_dropout=0). Peak RSS: the whole process's resident memory (weights, "
             f"optimizer, activations, ~0.4 GiB of Python and torch), each recipe in a fresh process, sampled by "
-            f"utils.env.peak_memory. AdamW state: the exp_avg and exp_avg_sq tensors.\n\n"
+            f"utils.machine.peak_memory. AdamW state: the exp_avg and exp_avg_sq tensors.\n\n"
             f"**From-scratch LoRA / peft LoRA step time: {ratio:.3f}** (target within 5%: "
             f"{'met' if abs(ratio - 1) <= 0.05 else 'NOT met'}).")
     return rows, note
@@ -241,9 +241,8 @@ def bench_lora(quick: bool, repeats: int, batch: int = 1, seq: int = 128, rank: 
 
 def instruction_lengths(quick: bool) -> tuple[list[int], str]:
     """Token counts of chapter 04's padded sequences (prompt + response + the <|endoftext|> the collate appends)."""
-    from utils.gpt_hub import Tokenizer
-    from utils.instruction_data import InstructionDataset
-    from utils.instruction_files import load_instruction_data
+    from utils.ch04_gpt2 import Tokenizer, load_instruction_data
+    from utils.lessons.instruction_data import InstructionDataset
     from utils.smoke import fixture_path, tiny_checkpoint
 
     real = Path("/work/shared/data/instruction-data.json")
@@ -259,8 +258,11 @@ def squad_lengths() -> tuple[list[int], str]:
     tokenizer's context of 256 where that is shorter: the fixture's examples are shorter than both)."""
     from transformers import AutoTokenizer
 
+    from tools.nbexport import load
     from utils.smoke import fixture_path, tiny_checkpoint
-    from utils.squad import encode_records, load_squad
+
+    squad = load("02-lora-gptj/01_lora_gptj_squad.ipynb")  # chapter 02's SQuAD code, from its notebook
+    encode_records, load_squad = squad.encode_records, squad.load_squad
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint("gptj"))
     records = load_squad(fixture_path("squad_train"), "train")
@@ -285,7 +287,7 @@ def padding_rows(lengths: list[int], batch_size: int, source: str, epochs: int =
 
 
 def bench_padding(quick: bool, repeats: int) -> tuple[list[dict], list[dict], str]:
-    from utils.gpt import GPTModel
+    from utils.lessons.gpt import GPTModel
 
     ch04, ch04_source = instruction_lengths(quick)
     ch02, ch02_source = squad_lengths()

@@ -19,22 +19,26 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tools.nbexport import load
 from utils.batching import LengthGroupedBatchSampler
-from utils.checkpoints import load_checkpoint, save_checkpoint
+from utils.ch03_qlora import load_prompt_dataset
+from utils.ch04_gpt2 import Tokenizer, generate_model_scores, load_instruction_data
+from utils.ch05_text_data import GPTDatasetV1, create_dataloader_v1
 from utils.checks import read_text
-from utils.env import seed_everything
 from utils.errors import CourseArgumentError, CourseError
-from utils.gpt import GPTModel, calc_loss_loader, generate, load_gpt2, train_model
-from utils.gpt_hub import Tokenizer
 from utils.hub import hub_errors, hub_failure
-from utils.instruction_data import custom_collate_fn, split_data
-from utils.instruction_files import load_instruction_data
-from utils.judge import generate_model_scores
+from utils.lessons.gpt import GPTModel, calc_loss_loader, generate, load_gpt2, train_model
+from utils.lessons.instruction_data import custom_collate_fn, split_data
+from utils.machine import seed_everything
 from utils.memory_budget import memory_budget
-from utils.quantization import load_prompt_dataset
 from utils.real_models import meta_model
+from utils.resume import load_checkpoint, save_checkpoint
 from utils.smoke import fixture_path, tiny_checkpoint
-from utils.squad import collate_squad_batch, encode_example, encode_records, load_squad, squad_v2_scores
-from utils.text_data import GPTDatasetV1, create_dataloader_v1
+
+SQUAD = load("02-lora-gptj/01_lora_gptj_squad.ipynb")  # chapter 02's SQuAD code, from its notebook
+collate_squad_batch = SQUAD.collate_squad_batch
+encode_example = SQUAD.encode_example
+encode_records = SQUAD.encode_records
+load_squad = SQUAD.load_squad
+squad_v2_scores = SQUAD.squad_v2_scores
 
 LORA = load("04-instruction-gpt2/02_lora_from_scratch.ipynb")  # LoRA from scratch, from its notebook
 LoRALayer = LORA.LoRALayer

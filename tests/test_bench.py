@@ -20,7 +20,7 @@ def test_training_flops_formula():
 
 
 def test_matmul_parameters_counts_linear_weights_once():
-    from utils.gpt import GPTModel
+    from utils.lessons.gpt import GPTModel
 
     model = GPTModel(TINY)
     e, v, layers = TINY["emb_dim"], TINY["vocab_size"], TINY["n_layers"]

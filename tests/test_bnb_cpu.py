@@ -1,4 +1,4 @@
-"""bitsandbytes' two CPU code paths for 4-bit layers, exercised on any machine, and the workaround in utils/bnb_cpu.py.
+"""bitsandbytes' two CPU code paths for 4-bit layers, exercised on any machine, and the workaround in utils/ch03_qlora.py.
 
 On a CPU with AVX512-BF16, bitsandbytes 0.50.2 repacks a Linear4bit's weight for inference at its first eval-mode,
 no-grad forward; elsewhere (other CPUs, every GPU) it never does. Both paths are run here: with the repacking forced
@@ -20,7 +20,7 @@ from nbclient import NotebookClient
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from utils.bnb_cpu import cpu_repacks_4bit, is_repacked, keep_4bit_trainable
+from utils.ch03_qlora import cpu_repacks_4bit, is_repacked, keep_4bit_trainable
 from utils.errors import CourseError
 from utils.paths import ROOT
 from utils.smoke import tiny_checkpoint
@@ -124,7 +124,7 @@ def test_both_cpu_paths_compute_the_same_logits():
 @NEEDS_AVX512_BF16
 def test_bitsandbytes_still_needs_the_workaround():
     """Without the workaround, generate-then-train fails. When a bitsandbytes release fixes it, this test fails:
-    then pin that release and delete utils/bnb_cpu.py and its calls."""
+    then pin that release and delete utils/ch03_qlora.py and its calls."""
     model = _model(repacking=True)
     _generate(model)
     assert all(is_repacked(layer) for layer in _layers(model))  # the AVX512-BF16 inference path did run
@@ -134,7 +134,7 @@ def test_bitsandbytes_still_needs_the_workaround():
         assert "in-place operation" in str(exc)
     else:
         pytest.fail(f"bitsandbytes {bitsandbytes.__version__} trains after repacking: the bug is fixed, so pin this "
-                    f"release and delete utils/bnb_cpu.py and its calls")
+                    f"release and delete utils/ch03_qlora.py and its calls")
 
 
 def test_the_workaround_is_idempotent_and_ignores_other_layers():

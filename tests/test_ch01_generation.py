@@ -11,8 +11,9 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from utils.peft_methods import NOTEBOOKS
-from utils.peft_recipes import (
+from utils.ch01_methods import NOTEBOOKS
+from utils.ch01_peft import collate, generate_greedy, load_reviews, train
+from utils.lessons.peft_recipes import (
     adalora_recipe,
     ia3_recipe,
     lora_recipe,
@@ -20,8 +21,6 @@ from utils.peft_recipes import (
     prefix_tuning_recipe,
     prompt_tuning_recipe,
 )
-from utils.peft_task import collate, load_reviews
-from utils.peft_train import generate_greedy, train
 from utils.smoke import fixture_path, tiny_checkpoint
 
 NEW_TOKENS = 3

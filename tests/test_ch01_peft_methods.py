@@ -13,10 +13,21 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from utils.ch01_methods import NOTEBOOKS
+from utils.ch01_peft import (
+    LABELS,
+    collate,
+    count_at_real_scale,
+    held_out_loss,
+    load_base,
+    load_reviews,
+    review_batches,
+    save_and_reload,
+    train,
+    trainable_parameters,
+)
 from utils.errors import CourseError
-from utils.paths import ROOT
-from utils.peft_methods import NOTEBOOKS
-from utils.peft_recipes import (
+from utils.lessons.peft_recipes import (
     adalora_recipe,
     ia3_recipe,
     lora_recipe,
@@ -24,8 +35,7 @@ from utils.peft_recipes import (
     prefix_tuning_recipe,
     prompt_tuning_recipe,
 )
-from utils.peft_task import LABELS, collate, load_reviews, review_batches
-from utils.peft_train import count_at_real_scale, held_out_loss, load_base, save_and_reload, train, trainable_parameters
+from utils.paths import ROOT
 from utils.real_models import PUBLISHED_PARAMETERS, real_config
 from utils.smoke import fixture_path, tiny_checkpoint
 

@@ -9,8 +9,13 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from tools.nbexport import load
 from utils.smoke import fixture_path, tiny_checkpoint
-from utils.squad import collate_squad_batch, encode_records, load_squad
+
+SQUAD = load("02-lora-gptj/01_lora_gptj_squad.ipynb")  # chapter 02's SQuAD code, from its notebook
+collate_squad_batch = SQUAD.collate_squad_batch
+encode_records = SQUAD.encode_records
+load_squad = SQUAD.load_squad
 
 logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
 

@@ -1,5 +1,5 @@
 """Chapter 02: SQuAD v2 records, the prompt, tokenization with the loss on the answer only, context truncation,
-bad records, and padding to the longest (utils.squad, exported from the notebook by make sync)."""
+bad records, and padding to the longest (loaded from the chapter's notebook)."""
 
 import json
 
@@ -7,19 +7,20 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from tools.nbexport import load
 from utils.errors import CourseError
 from utils.smoke import fixture_path, tiny_checkpoint
-from utils.squad import (
-    INSTRUCTION,
-    NO_ANSWER,
-    collate_squad_batch,
-    encode_example,
-    encode_records,
-    flatten_squad,
-    load_squad,
-    prompt_parts,
-    target_text,
-)
+
+SQUAD = load("02-lora-gptj/01_lora_gptj_squad.ipynb")  # chapter 02's SQuAD code, from its notebook
+INSTRUCTION = SQUAD.INSTRUCTION
+NO_ANSWER = SQUAD.NO_ANSWER
+collate_squad_batch = SQUAD.collate_squad_batch
+encode_example = SQUAD.encode_example
+encode_records = SQUAD.encode_records
+flatten_squad = SQUAD.flatten_squad
+load_squad = SQUAD.load_squad
+prompt_parts = SQUAD.prompt_parts
+target_text = SQUAD.target_text
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,18 @@ import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from tools.nbexport import load
 from utils.errors import CourseError
 from utils.hub import hub_errors
 from utils.paths import ROOT
+from utils.resume import load_training_state, save_training_state, saved_state
 from utils.smoke import fixture_path, tiny_checkpoint
-from utils.squad import collate_squad_batch, encode_records, load_squad, squad_train_epoch
-from utils.training_state import load_training_state, save_training_state, saved_state
+
+SQUAD = load("02-lora-gptj/01_lora_gptj_squad.ipynb")  # chapter 02's SQuAD code, from its notebook
+collate_squad_batch = SQUAD.collate_squad_batch
+encode_records = SQUAD.encode_records
+load_squad = SQUAD.load_squad
+squad_train_epoch = SQUAD.squad_train_epoch
 
 logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
 NOTEBOOK = ROOT / "02-lora-gptj" / "01_lora_gptj_squad.ipynb"

@@ -168,7 +168,7 @@ def test_trl_sft_training_never_holds_the_full_logits(tmp_path):
     from transformers import AutoTokenizer, BloomConfig, BloomForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from utils.env import peak_memory
+    from utils.machine import peak_memory
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint("bloom"))
     torch.manual_seed(0)

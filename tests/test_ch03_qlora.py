@@ -10,9 +10,9 @@ from peft import AutoPeftModelForCausalLM, LoraConfig, get_peft_model, prepare_m
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from utils.bnb_cpu import keep_4bit_trainable
+from utils.ch03_qlora import adapters_to_fp32, keep_4bit_trainable, load_prompt_dataset, require_4bit_support
+from utils.checks import check_target_modules
 from utils.errors import CourseError
-from utils.quantization import adapters_to_fp32, check_target_modules, load_prompt_dataset, require_4bit_support
 from utils.smoke import fixture_path, tiny_checkpoint
 
 BNB = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,

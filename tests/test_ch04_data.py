@@ -11,10 +11,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from utils.ch04_gpt2 import Tokenizer, load_instruction_data, validate_instruction_data
 from utils.errors import CourseError
-from utils.gpt_hub import Tokenizer
-from utils.instruction_data import ALPACA_TEMPLATE, InstructionDataset, custom_collate_fn, format_input, split_data
-from utils.instruction_files import load_instruction_data, validate_instruction_data
+from utils.lessons.instruction_data import (
+    ALPACA_TEMPLATE,
+    InstructionDataset,
+    custom_collate_fn,
+    format_input,
+    split_data,
+)
 from utils.smoke import fixture_path, tiny_checkpoint
 
 # the 1,100-entry data, where this machine has it: in shared/ beside the checkout (as on the course's machines and CI)

@@ -10,8 +10,9 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from utils.ch04_gpt2 import Tokenizer, config_from_hf
 from utils.errors import CourseError
-from utils.gpt import (
+from utils.lessons.gpt import (
     GPT_CONFIG_124M,
     GPT_CONFIGS,
     GPTModel,
@@ -22,8 +23,7 @@ from utils.gpt import (
     token_ids_to_text,
     train_model,
 )
-from utils.gpt_hub import Tokenizer, config_from_hf
-from utils.instruction_data import InstructionDataset, custom_collate_fn
+from utils.lessons.instruction_data import InstructionDataset, custom_collate_fn
 from utils.smoke import fixture_path, tiny_checkpoint
 
 
@@ -172,7 +172,7 @@ def test_resume_without_checkpoint_says_what_to_do(tmp_path):
 def test_layernorm_and_gelu_are_the_formulas_and_the_fused_ones_equal_them() -> None:
     """LayerNorm and GELU (what the notebook's learner reads) are GPT-2's; the fused subclasses GPTModel uses compute
     the same, with the same parameters."""
-    from utils.gpt import GELU, FusedGELU, FusedLayerNorm, LayerNorm
+    from utils.lessons.gpt import GELU, FusedGELU, FusedLayerNorm, LayerNorm
 
     torch.manual_seed(0)
     x = torch.randn(4, 7, 64) * 3
@@ -192,7 +192,7 @@ def test_layernorm_and_gelu_are_the_formulas_and_the_fused_ones_equal_them() -> 
 
 
 def test_gpt_model_uses_the_fused_layers() -> None:
-    from utils.gpt import FusedGELU, FusedLayerNorm
+    from utils.lessons.gpt import FusedGELU, FusedLayerNorm
 
     model = GPTModel({**GPT_CONFIG_124M, "vocab_size": 16, "context_length": 8, "emb_dim": 8, "n_heads": 2,
                       "n_layers": 2})

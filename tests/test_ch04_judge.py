@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from utils.judge import generate_model_scores, ollama_available, parse_score, query_model, rouge_l, token_f1
+from utils.ch04_gpt2 import generate_model_scores, ollama_available, parse_score, query_model, rouge_l, token_f1
 
 
 def test_token_f1():

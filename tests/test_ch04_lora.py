@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from tools.nbexport import load
-from utils.gpt import GPT_CONFIGS, GPTModel
+from utils.lessons.gpt import GPT_CONFIGS, GPTModel
 
 LORA = load("04-instruction-gpt2/02_lora_from_scratch.ipynb")  # LoRA from scratch, from its notebook
 LinearWithLoRA = LORA.LinearWithLoRA

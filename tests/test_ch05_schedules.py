@@ -9,8 +9,8 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from tools.nbexport import load
+from utils.ch05_text_data import GPTDatasetV1, create_dataloader_v1
 from utils.smoke import fixture_path, tiny_checkpoint
-from utils.text_data import GPTDatasetV1, create_dataloader_v1
 
 CH05 = load("05-lr-schedules/01_warmup_cosine_clipping.ipynb")  # the chapter's code, from its notebook
 clips_at = CH05.clips_at

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tools.nbexport import load
 from utils.errors import CourseError
-from utils.gpt import GPTModel
+from utils.lessons.gpt import GPTModel
 
 CH05 = load("05-lr-schedules/01_warmup_cosine_clipping.ipynb")  # the chapter's code, from its notebook
 lr_at_step = CH05.lr_at_step

@@ -12,9 +12,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from utils.checkpoints import load_checkpoint, save_checkpoint, start_run
 from utils.errors import CourseError
-from utils.gpt import GPTModel
+from utils.lessons.gpt import GPTModel
+from utils.resume import load_checkpoint, save_checkpoint, start_run
 
 TINY = {"vocab_size": 64, "context_length": 16, "emb_dim": 32, "n_heads": 4, "n_layers": 1, "drop_rate": 0.0,
         "qkv_bias": True}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.machine import PYTHON_313, needs
-from utils.env import normalise_name, pinned_versions
+from utils.machine import normalise_name, pinned_versions
 from utils.paths import ROOT
 
 COLAB_SNAPSHOT = "2026-08-19"  # data/colab/README.md says where it comes from and how to refresh it

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from utils.download import download
 from utils.errors import CourseError
+from utils.hub import download
 
 
 @pytest.fixture

@@ -61,18 +61,18 @@ def test_no_hand_kept_copies_of_notebook_code() -> None:
 
 
 def test_a_hand_edit_of_a_generated_module_is_caught_and_sync_restores_it(tmp_path: Path) -> None:
-    package = tmp_path / "utils"
-    shutil.copytree(ROOT / "utils", package)
+    package = tmp_path / "lessons"
+    shutil.copytree(nbexport.PACKAGE, package)
     module = next(iter(nbexport.generated_files(package)))
     module.write_text(module.read_text() + "\nEDITED = 1\n")
     (package / "gone.py").write_text(nbexport.GENERATED.format(module="gone") + "\n")
     assert sorted(nbexport.stale(NOTEBOOKS, package)) == sorted([
-        f"utils/{module.name} differs from its notebooks' `#| export {module.stem}` cells",
-        "utils/gone.py is generated but no notebook exports to it any more"])
+        f"utils/lessons/{module.name} differs from its notebooks' `#| export {module.stem}` cells",
+        "utils/lessons/gone.py is generated but no notebook exports to it any more"])
     changed = nbexport.sync(NOTEBOOKS, package)
-    assert f"export: utils/{module.name}" in changed and "export: removed utils/gone.py" in changed
+    assert f"export: utils/lessons/{module.name}" in changed and "export: removed utils/lessons/gone.py" in changed
     assert nbexport.stale(NOTEBOOKS, package) == []
-    assert module.read_text() == (ROOT / "utils" / module.name).read_text()
+    assert module.read_text() == (nbexport.PACKAGE / module.name).read_text()
 
 
 def _notebook(tmp_path: Path, *cells: str) -> Path:
@@ -117,7 +117,7 @@ def test_sync_never_overwrites_a_hand_written_module(tmp_path: Path) -> None:
     package.mkdir()
     (package / "paths.py").write_text('"""hand-written"""\n')
     path = _notebook(tmp_path, "#| export paths\nX = 1")
-    with pytest.raises(nbexport.ExportError, match="utils/paths.py is hand-written"):
+    with pytest.raises(nbexport.ExportError, match="utils/lessons/paths.py is hand-written"):
         nbexport.sync([path], package)
     assert (package / "paths.py").read_text() == '"""hand-written"""\n'
     path.unlink()
@@ -130,15 +130,15 @@ def test_tests_load_a_lesson_from_its_notebook() -> None:
 
 
 def _utils_imports(source: str) -> set[str]:
+    """The utils modules `source` imports, as paths below utils/ ("machine", "lessons.gpt")."""
     found = set()
     for node in ast.walk(ast.parse(MAGIC.sub(r"\1pass", source))):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "utils":
-                found |= {alias.name for alias in node.names}
-            elif node.module.startswith("utils."):
-                found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "utils":
+            inner = node.module.removeprefix("utils").removeprefix(".")
+            found.add(inner or "__init__")
+            found |= {f"{inner}.{alias.name}".lstrip(".") for alias in node.names}  # `from utils.lessons import gpt`
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("utils.")}
+            found |= {a.name.removeprefix("utils.") for a in node.names if a.name.startswith("utils.")}
     return found
 
 
@@ -148,7 +148,8 @@ def test_utils_holds_only_what_notebooks_and_chapter_scripts_import() -> None:
     sources = [cell.source for path in NOTEBOOKS for cell in nbformat.read(str(path), as_version=4).cells
                if cell.cell_type == "code"]
     sources += [p.read_text(encoding="utf-8") for p in sorted(ROOT.glob("[0-9][0-9]-*/*.py"))]
-    modules = {p.stem: p.read_text(encoding="utf-8") for p in (ROOT / "utils").glob("*.py") if p.stem != "__init__"}
+    modules = {p.relative_to(ROOT / "utils").with_suffix("").as_posix().replace("/", "."): p.read_text(encoding="utf-8")
+               for p in (ROOT / "utils").rglob("*.py") if p.stem != "__init__"}
     used = set().union(*map(_utils_imports, sources))
     todo = list(used)
     while todo:

@@ -32,7 +32,9 @@ def definitions(source: str) -> set[str]:
 
 
 def figures(root: Path) -> dict:
-    modules = {p.stem: p.read_text(encoding="utf-8") for p in sorted((root / "utils").glob("*.py"))}
+    modules = {p.stem: p.read_text(encoding="utf-8")
+               for p in sorted([*(root / "utils").glob("*.py"), *(root / "utils" / "lessons").glob("*.py")])
+               if p.stem != "__init__" or p.parent.name == "utils"}
     hand = {name: text for name, text in modules.items() if not text.startswith(GENERATED)}
     hand_defs = set().union(*(definitions(text) for text in hand.values()))
     copies, chapters = 0, {}
@@ -43,7 +45,7 @@ def figures(root: Path) -> dict:
                 continue
             chapter["notebook code lines"] += code_lines(cell.source)
             copies += len(definitions(cell.source) & hand_defs)
-            chapter["imports"] |= set(re.findall(r"from utils\.(\w+) import", cell.source))
+            chapter["imports"] |= set(re.findall(r"from utils\.(?:lessons\.)?(\w+) import", cell.source))
             chapter["imports"] |= {n.strip() for m in re.findall(r"from utils import ([\w, ]+)", cell.source)
                                    for n in m.split(",")}
     for chapter in chapters.values():

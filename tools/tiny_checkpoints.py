@@ -15,10 +15,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.nbexport import load
 from utils.errors import CourseError
-from utils.instruction_data import ALPACA_TEMPLATE
+from utils.lessons.instruction_data import ALPACA_TEMPLATE
 from utils.smoke import fixture_path
-from utils.squad import INSTRUCTION, NO_ANSWER, PROMPT_TEMPLATE
 
 #: Bump when the builder changes what it writes, so old caches are rebuilt rather than reused.
 BUILDER_VERSION = 3
@@ -81,6 +81,8 @@ def _corpus() -> list[str]:
     # The Alpaca headers stand one per line, as this corpus has always had them: the same text, the same checkpoints.
     alpaca = ALPACA_TEMPLATE["preamble"] + ALPACA_TEMPLATE["instruction"] + "".join(
         ALPACA_TEMPLATE[part].lstrip("\n") for part in ("input", "response"))
+    squad = load("02-lora-gptj/01_lora_gptj_squad.ipynb")
+    INSTRUCTION, NO_ANSWER, PROMPT_TEMPLATE = squad.INSTRUCTION, squad.NO_ANSWER, squad.PROMPT_TEMPLATE  # noqa: N806
     squad_words = " ".join([INSTRUCTION, *re.findall(r"\w+:", PROMPT_TEMPLATE), NO_ANSWER])
     texts.append(alpaca + squad_words)
     return texts

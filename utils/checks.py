@@ -278,3 +278,16 @@ def check_tensors(tensors: dict, expected: dict, source: str) -> None:
         raise CourseError(f"{source} does not fit this model: {len(shapes)} tensor(s) of another shape, first {name} "
                           f"{got} where the model has {want}; was it saved with another configuration (emb_dim, "
                           "n_layers, vocab_size)?")
+
+
+def check_target_modules(model, target_modules):
+    """Raise a CourseError naming any of `target_modules` that `model` has no module for (before get_peft_model)."""
+    import torch
+
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in target_modules if t not in names]
+    if missing:
+        linears = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+                          if isinstance(m, torch.nn.Linear)})  # bitsandbytes' Linear4bit and Linear8bitLt are Linears
+        raise CourseError(f"target_modules {missing} not found in {type(model).__name__}; "
+                          f"its linear layers are: {linears}")

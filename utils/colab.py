@@ -16,8 +16,8 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from utils.env import normalise_name, pinned_versions, version_mismatches
 from utils.errors import CourseError
+from utils.machine import normalise_name, pinned_versions, version_mismatches
 from utils.paths import ROOT
 
 MIN_PYTHON = (3, 10)

@@ -9,7 +9,7 @@ import warnings
 import pytest
 import torch
 
-from utils import env
+from utils import machine
 
 
 @pytest.mark.parametrize(
@@ -18,30 +18,30 @@ from utils import env
      ("cuda", (8, 0), torch.bfloat16), ("cuda", (9, 0), torch.bfloat16)],
 )
 def test_dtype_follows_the_device(device: str, capability, expected) -> None:
-    assert env.pick_dtype(device, capability=capability) is expected
+    assert machine.pick_dtype(device, capability=capability) is expected
 
 
 @pytest.mark.parametrize("cuda", [False, True], ids=["no GPU", "a GPU"])
 def test_device_follows_cuda(monkeypatch, cuda: bool) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    assert env.pick_device() == torch.device("cuda" if cuda else "cpu")
+    assert machine.pick_device() == torch.device("cuda" if cuda else "cpu")
 
 
 def test_seeding_repeats_random_numbers() -> None:
-    env.seed_everything(7)
+    machine.seed_everything(7)
     first = torch.rand(3)
-    env.seed_everything(7)
+    machine.seed_everything(7)
     assert torch.equal(first, torch.rand(3))
-    env.seed_everything(8)
+    machine.seed_everything(8)
     assert not torch.equal(first, torch.rand(3))
 
 
 def test_pins_are_read_and_mismatches_reported(tmp_path) -> None:
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# the stack\ntorch>=2.6,<2.16\npytest==0.0.1  # wrong on purpose\nNot_A-Package==1.0\n")
-    pins = env.pinned_versions(requirements)
+    pins = machine.pinned_versions(requirements)
     assert pins == {"pytest": "0.0.1", "not-a-package": "1.0"}
-    mismatches = env.version_mismatches(pins)
+    mismatches = machine.version_mismatches(pins)
     assert mismatches["not-a-package"] == (None, "1.0")
     assert mismatches["pytest"][1] == "0.0.1" and mismatches["pytest"][0] != "0.0.1"
 
@@ -49,38 +49,38 @@ def test_pins_are_read_and_mismatches_reported(tmp_path) -> None:
 def test_pins_follow_included_files(tmp_path) -> None:
     (tmp_path / "ml.txt").write_text("peft==1.0\ntrl==2.0  # included\n")
     (tmp_path / "requirements.txt").write_text("torch>=2.6\n-r ml.txt\npandas==3.0\n")
-    assert env.pinned_versions(tmp_path / "requirements.txt") == {"peft": "1.0", "trl": "2.0", "pandas": "3.0"}
+    assert machine.pinned_versions(tmp_path / "requirements.txt") == {"peft": "1.0", "trl": "2.0", "pandas": "3.0"}
 
 
 def test_colab_is_checked_against_the_colab_set(monkeypatch) -> None:
-    assert env.requirements_file().name == "requirements.txt"
-    assert {"transformers", "pandas", "ipykernel"} <= env.pinned_versions().keys()
+    assert machine.requirements_file().name == "requirements.txt"
+    assert {"transformers", "pandas", "ipykernel"} <= machine.pinned_versions().keys()
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-    assert env.requirements_file().name == "requirements-colab.txt"
-    pins = env.pinned_versions()
+    assert machine.requirements_file().name == "requirements-colab.txt"
+    pins = machine.pinned_versions()
     assert {"transformers", "peft", "trl", "bitsandbytes"} <= pins.keys()
     assert not {"pandas", "ipykernel", "torch", "matplotlib"} & pins.keys()  # Colab's own
 
 
 def test_the_installed_stack_matches_the_pins() -> None:
-    assert env.version_mismatches(env.pinned_versions()) == {}
+    assert machine.version_mismatches(machine.pinned_versions()) == {}
 
 
 def test_environment_summary_names_what_a_learner_needs() -> None:
-    summary = env.environment_summary()
+    summary = machine.environment_summary()
     for key in ("python", "torch", "cuda", "gpu", "compute capability", "gpu memory (GiB)", "bitsandbytes backend",
                 "compute dtype", "version mismatches"):
         assert key in summary
     assert summary["compute dtype"] == ("float32" if not torch.cuda.is_available() else summary["compute dtype"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no mismatch here, so no warning
-        env.print_environment()
+        machine.print_environment()
 
 
 def test_peak_memory_sees_a_large_allocation_on_cpu() -> None:
-    with env.peak_memory("cpu") as small:
+    with machine.peak_memory("cpu") as small:
         torch.zeros(1000)
-    with env.peak_memory("cpu") as big:
+    with machine.peak_memory("cpu") as big:
         x = torch.ones(64, 1024, 1024)  # 256 MiB, touched so it is resident
         del x
     assert big.added_bytes > 200 * 2**20
@@ -89,29 +89,31 @@ def test_peak_memory_sees_a_large_allocation_on_cpu() -> None:
 
 
 def test_key_figure_prints_the_collected_form(capsys) -> None:
-    env.key_figure("accuracy", 0.75)
+    from utils import key_figure
+
+    key_figure("accuracy", 0.75)
     assert capsys.readouterr().out == "Key figure: accuracy = 0.75\n"
 
 
-def test_release_memory_names_what_is_still_referenced() -> None:
+def test_check_released_names_what_is_still_referenced() -> None:
     from utils.errors import CourseError
 
     model = torch.nn.Linear(4, 4)
     holder = {"model": model}  # e.g. a trainer that still holds the model
-    watched = env.watch(model)
+    watched = machine.watch(model)
     del model
     with pytest.raises(CourseError, match="Linear is still referenced"):
-        env.release_memory("cpu", watched)
+        machine.check_released("cpu", watched)
     holder.clear()
-    assert env.release_memory("cpu", watched) == 0 and watched[0]() is None
+    assert machine.check_released("cpu", watched) == 0 and watched[0]() is None
 
 
-def test_release_memory_frees_reference_cycles() -> None:
+def test_check_released_frees_reference_cycles() -> None:
     class Trainer:  # a trainer and its callbacks refer to each other, as transformers' do
         pass
 
     trainer = Trainer()
     trainer.me = trainer
-    watched = env.watch(trainer)
+    watched = machine.watch(trainer)
     del trainer
-    assert env.release_memory("cpu", watched) == 0
+    assert machine.check_released("cpu", watched) == 0

@@ -3,7 +3,7 @@ file (the official JSON layout or the Hub's flat records), the checks of one rec
 policy for records that do not fit (skip with a message, fail above a fraction) and the checks of a set of
 predictions. Each fails with a CourseError naming the file, the record and the field.
 
-The lesson itself (the prompt, the labels, the padding, the metric) is the notebook's, exported to utils/squad.py.
+The lesson itself (the prompt, the labels, the padding, the metric) is the notebook's, exported to utils/lessons/squad.py.
 """
 
 from __future__ import annotations

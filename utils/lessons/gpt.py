@@ -9,13 +9,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from utils.checkpoints import check_loop_args, epoch_batches, save_training_checkpoint, start_run
+from utils.ch04_gpt2 import check_gpt_config, config_from_hf, resolve_checkpoint
 from utils.checks import check_int, check_number, check_tensors, load_safetensors, read_json
 from utils.errors import CourseArgumentError, CourseError
-from utils.gpt_hub import check_gpt_config, config_from_hf, resolve_checkpoint
+from utils.resume import check_loop_args, epoch_batches, save_training_checkpoint, start_run
 
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 36
 class MultiHeadAttention(nn.Module):
     def __init__(self, d_in, d_out, context_length, dropout, num_heads, qkv_bias=False):
         super().__init__()
@@ -44,7 +43,6 @@ class MultiHeadAttention(nn.Module):
         return self.out_proj(context_vec)
 
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 38
 class LayerNorm(nn.Module):
     def __init__(self, emb_dim):
         super().__init__()
@@ -64,7 +62,6 @@ class GELU(nn.Module):
         return 0.5 * x * (1 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
 
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 40
 class FusedLayerNorm(LayerNorm):
     def forward(self, x):
         return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
@@ -75,7 +72,6 @@ class FusedGELU(GELU):
         return F.gelu(x, approximate="tanh")
 
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 44
 class FeedForward(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -89,7 +85,6 @@ class FeedForward(nn.Module):
         return self.layers(x)
 
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 46
 class TransformerBlock(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -115,7 +110,6 @@ class TransformerBlock(nn.Module):
         return x + shortcut
 
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 47
 class GPTModel(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -140,7 +134,6 @@ class GPTModel(nn.Module):
         return self.out_head(x)  # [batch, seq, vocab]
 
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 49
 _GPT2_BASE = {"vocab_size": 50257, "context_length": 1024, "drop_rate": 0.0, "qkv_bias": True}
 GPT_CONFIGS = {
     "gpt2-small (124M)": {**_GPT2_BASE, "emb_dim": 768, "n_layers": 12, "n_heads": 12},
@@ -159,7 +152,6 @@ GPT_CONFIG_124M = {
 }
 
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 53
 def hf_to_gpt_state_dict(hf: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
     """Rename (and transpose, and split) a GPT2LMHeadModel state dict into GPTModel's names.
 
@@ -189,7 +181,6 @@ def hf_to_gpt_state_dict(hf: dict[str, torch.Tensor], n_layers: int) -> dict[str
     return {k: v.contiguous() for k, v in sd.items()}
 
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 55
 def load_gpt2(model_id_or_path: str | os.PathLike, drop_rate: float = 0.0, device="cpu") -> tuple[GPTModel, dict]:
     """GPTModel with the weights of a GPT2LMHeadModel checkpoint (a Hub id such as "openai-community/gpt2-medium",
     or a local folder), in fp32 and eval mode; returns (model, config). A checkpoint that does not fit (a bad
@@ -215,7 +206,6 @@ def load_gpt2(model_id_or_path: str | os.PathLike, drop_rate: float = 0.0, devic
     return model.to(device).eval(), cfg
 
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 62
 def text_to_token_ids(text, tokenizer):
     encoded = tokenizer.encode(text)
     return torch.tensor(encoded).unsqueeze(0)  # add the batch dimension
@@ -226,7 +216,6 @@ def token_ids_to_text(token_ids, tokenizer):
     return tokenizer.decode(flat.tolist())
 
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 63
 def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None):
     check_int("max_new_tokens", max_new_tokens, minimum=0)
     check_int("context_size", context_size, minimum=1)
@@ -251,7 +240,6 @@ def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=No
     return idx
 
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 66
 def calc_loss_batch(input_batch, target_batch, model, device):
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
     logits = model(input_batch)
@@ -272,7 +260,6 @@ def calc_loss_loader(data_loader, model, device, num_batches=None):
     return total_loss / num_batches
 
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 69
 def evaluate_model(model, train_loader, val_loader, device, eval_iter):
     model.eval()
     with torch.no_grad():
@@ -282,7 +269,6 @@ def evaluate_model(model, train_loader, val_loader, device, eval_iter):
     return train_loss, val_loss
 
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 71
 def train_model(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
                 checkpoint_dir=None, checkpoint_every=None, resume=False, stop_after_steps=None):
     check_loop_args(train_loader, num_epochs, eval_freq, eval_iter, checkpoint_dir, checkpoint_every, resume,

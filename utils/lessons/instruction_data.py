@@ -7,7 +7,6 @@ from torch.utils.data import Dataset
 from utils.checks import check_fraction, check_int
 from utils.errors import CourseError
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 14
 #: The Alpaca prompt's fixed text: the preamble and the headers around a record's instruction, input and output.
 ALPACA_TEMPLATE = {
     "preamble": "Below is an instruction that describes a task. "
@@ -24,7 +23,6 @@ def format_input(entry):
     return instruction_text + input_text
 
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 17
 def split_data(data, train_frac=0.85, test_frac=0.10):
     check_fraction("train_frac", train_frac)
     check_fraction("test_frac", test_frac)
@@ -43,7 +41,6 @@ def split_data(data, train_frac=0.85, test_frac=0.10):
     return train_data, test_data, val_data
 
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 22
 class InstructionDataset(Dataset):
     def __init__(self, data, tokenizer, mask_instructions=False):
         self.data = data
@@ -64,7 +61,6 @@ class InstructionDataset(Dataset):
         return len(self.data)
 
 
-# 04-instruction-gpt2/01_instruction_finetuning.ipynb, cell 28
 def custom_collate_fn(batch, pad_token_id=50256, ignore_index=-100, allowed_max_length=None, device="cpu"):
     check_int("pad_token_id", pad_token_id, minimum=0, hint="GPT-2 pads with its <|endoftext|> id, 50256")
     check_int("allowed_max_length", allowed_max_length, minimum=1, optional=True)

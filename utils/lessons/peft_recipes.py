@@ -11,11 +11,11 @@
 
 import peft
 
+from utils.ch01_peft import Recipe, check_targets
 from utils.checks import check_int, check_number
-from utils.peft_methods import Recipe, check_targets
 
 
-# 01-peft-setup/02_prompt_tuning.ipynb, cell 8
+# 01-peft-setup/02_prompt_tuning.ipynb
 def prompt_tuning_recipe(model_id, num_virtual_tokens=20,
                          init_text="Classify the sentiment of this movie review as positive or negative."):
     """Prompt Tuning: `num_virtual_tokens` trainable vectors prepended to the input embeddings, started from the
@@ -32,7 +32,7 @@ def prompt_tuning_recipe(model_id, num_virtual_tokens=20,
     return Recipe(config, learning_rate=3e-2)  # free vectors below frozen layers: a rate ~10x LoRA's
 
 
-# 01-peft-setup/03_p_tuning.ipynb, cell 8
+# 01-peft-setup/03_p_tuning.ipynb
 def p_tuning_recipe(num_virtual_tokens=20, encoder_hidden_size=128, encoder_type="MLP"):
     """P-Tuning: the virtual tokens come out of a small prompt encoder (an MLP, or an LSTM then an MLP) that is
     trained instead of the vectors themselves."""
@@ -46,7 +46,7 @@ def p_tuning_recipe(num_virtual_tokens=20, encoder_hidden_size=128, encoder_type
     return Recipe(config, learning_rate=3e-3)  # ordinary layers, each moving every virtual token
 
 
-# 01-peft-setup/04_prefix_tuning.ipynb, cell 8
+# 01-peft-setup/04_prefix_tuning.ipynb
 def prefix_tuning_recipe(num_virtual_tokens=20, prefix_projection=False, encoder_hidden_size=256):
     """Prefix Tuning: a trained key and value for each virtual token in every layer, fed through the KV cache.
     prefix_projection=False trains them directly (P-Tuning v2's deep prompts); True makes an MLP of width
@@ -59,7 +59,7 @@ def prefix_tuning_recipe(num_virtual_tokens=20, prefix_projection=False, encoder
     return Recipe(config, learning_rate=3e-2 if not prefix_projection else 1e-2)  # free vectors vs an MLP's weights
 
 
-# 01-peft-setup/05_lora.ipynb, cell 8
+# 01-peft-setup/05_lora.ipynb
 def lora_recipe(model_id, r=8, lora_alpha=16, lora_dropout=0.05, target_modules=("query_key_value",)):
     """LoRA: a rank-`r` update B @ A, scaled by lora_alpha / r, added to each target layer's frozen weight."""
     check_int("r", r, minimum=1)
@@ -71,7 +71,7 @@ def lora_recipe(model_id, r=8, lora_alpha=16, lora_dropout=0.05, target_modules=
     return Recipe(config, learning_rate=3e-3)  # B starts at zero: the update grows from nothing
 
 
-# 01-peft-setup/06_ia3.ipynb, cell 8
+# 01-peft-setup/06_ia3.ipynb
 def ia3_recipe(model_id, target_modules=("query_key_value", "dense_4h_to_h"), feedforward_modules=("dense_4h_to_h",)):
     """IA3: a learned vector per target layer that rescales its output (attention) or, for the feed-forward
     modules, its input (the activations after the GELU); initialised to ones, so training starts from the base."""
@@ -85,7 +85,7 @@ def ia3_recipe(model_id, target_modules=("query_key_value", "dense_4h_to_h"), fe
     return Recipe(config, learning_rate=1e-2)  # multipliers around 1: about a 1% change per step
 
 
-# 01-peft-setup/07_adalora.ipynb, cell 8
+# 01-peft-setup/07_adalora.ipynb
 def adalora_recipe(model_id, total_step=None, init_r=12, target_r=4, lora_alpha=16, tinit=None, tfinal=None,
                    deltaT=1, target_modules=("query_key_value",)):
     """AdaLoRA: LoRA in SVD form (P diag(lambda) Q) whose total rank shrinks from init_r to target_r per layer

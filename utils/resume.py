@@ -1,8 +1,4 @@
-"""Checkpoints that resume a training loop exactly, for the loops chapters 04 and 05 teach (`train_model`,
-`train_with_schedule`): the files a checkpoint writes and reads (model weights and random state as safetensors, the
-optimizer state as a tensors-only torch file, the counters as JSON; saved atomically), the random state, where a
-resumed run restarts, and `check_loop_args`, which checks such a loop's arguments (its checkpoint ones among them)
-before the first step. Plumbing: the notebooks name these and import them; they do not teach them.
+"""Checkpoints that resume a training run exactly (chapters 02, 04 and 05).
 """
 
 from __future__ import annotations
@@ -10,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -188,3 +185,56 @@ def check_loop_args(train_loader, num_epochs, eval_freq, eval_iter, checkpoint_d
     if len(train_loader) == 0:
         raise CourseError("the training loader has no batches (fewer records than batch_size, with drop_last=True?): "
                           "nothing to train on; lower the batch size or use more data")
+
+
+def save_training_state(folder: str | os.PathLike, model, optimizer, scaler, state: dict, best_adapter: dict) -> Path:
+    """Save what resuming needs into `folder` (replacing it only once everything is written); return the folder."""
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    adapter = get_peft_model_state_dict(model)
+    save_file({k: v.detach().contiguous().cpu() for k, v in adapter.items()}, str(tmp / "adapter.safetensors"))
+    save_file({k: v.detach().contiguous().cpu() for k, v in best_adapter.items()}, str(tmp / "best_adapter.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scaler.state_dict(), tmp / "scaler.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+    old = _previous(folder)
+    if folder.exists():  # complete (it only ever appears by a rename): the save before it is not needed any more
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)  # from here until the next rename, saved_state() finds this epoch under .old
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _previous(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".old")
+
+
+def saved_state(folder: str | os.PathLike) -> Path | None:
+    """The folder holding the last complete save at `folder` (or the epoch before it, if a crash interrupted the
+    swap of the two), or None when nothing was saved there."""
+    folder = Path(folder)
+    return next((f for f in (folder, _previous(folder)) if (f / "state.json").is_file()), None)
+
+
+def load_training_state(folder: str | os.PathLike, model, optimizer, scaler) -> tuple[dict, dict]:
+    """Restore the adapter, optimizer and GradScaler saved by `save_training_state`; return (state, best adapter)."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    found = saved_state(folder)
+    if found is None:
+        raise CourseError(f"{folder} holds no saved epoch (no state.json): nothing to resume from")
+    folder = found
+    set_peft_model_state_dict(model, load_file(str(folder / "adapter.safetensors"), device=str(model.device)))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location=model.device))
+    scaler.load_state_dict(torch.load(folder / "scaler.pt", weights_only=True))
+    best = load_file(str(folder / "best_adapter.safetensors"))
+    return json.loads((folder / "state.json").read_text(encoding="utf-8")), best

@@ -1,8 +1,7 @@
-"""Chapter 03's QLoRA plumbing, shared by its notebook, 03-qlora-bloom/train_qlora.py and the tests: the input checks
-that turn bad input into a clear `CourseError` before a model loads (the prompt data loader, the target-module check,
-the 4-bit capability check), and the cast of trl's bf16 adapters back to fp32.
+"""Chapter 03's plumbing for QLoRA: the prompt data as trl wants it, the checks that 4-bit runs here, trl's adapter
+dtype put back to fp32, and a workaround for bitsandbytes 0.50.2 on CPUs with AVX512-BF16.
 
-The quantization lesson's own code (round to n bits and back) is written in 01_quantization_basics.ipynb.
+The quantization itself (rounding to k bits and back, blockwise absmax, NF4) is written in 01_quantization_basics.ipynb.
 """
 
 from __future__ import annotations
@@ -11,6 +10,8 @@ from itertools import islice
 from pathlib import Path
 
 import torch
+from bitsandbytes.functional import has_avx512bf16
+from bitsandbytes.nn import Linear4bit
 
 from utils.checks import Record, check_field, check_int, read_records
 from utils.errors import CourseError
@@ -41,16 +42,6 @@ def load_prompt_dataset(source, column="prompt", limit=None):
         raise CourseError(f"dataset {source} has no records: nothing to train on")
     return Dataset.from_dict({"text": texts})
 
-
-def check_target_modules(model, target_modules):
-    """Raise a CourseError naming any of `target_modules` that `model` has no module for (before get_peft_model)."""
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in target_modules if t not in names]
-    if missing:
-        linears = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules()
-                          if isinstance(m, torch.nn.Linear)})  # bitsandbytes' Linear4bit and Linear8bitLt are Linears
-        raise CourseError(f"target_modules {missing} not found in {type(model).__name__}; "
-                          f"its linear layers are: {linears}")
 
 
 def require_4bit_support(device):
@@ -84,3 +75,30 @@ def adapters_to_fp32(model) -> int:
             param.data = param.data.float()
             cast += 1
     return cast
+
+
+__all__ = ["cpu_repacks_4bit", "is_repacked", "keep_4bit_trainable"]
+
+
+def cpu_repacks_4bit() -> bool:
+    """Whether bitsandbytes repacks 4-bit weights for inference on this machine's CPU (it has AVX512-BF16)."""
+    return bool(has_avx512bf16())
+
+
+def is_repacked(layer: Linear4bit) -> bool:
+    """Whether `layer`'s weight is in bitsandbytes' inference-only CPU layout."""
+    return bool(getattr(layer.weight.quant_state, "packing_format_for_cpu", False))
+
+
+def keep_4bit_trainable(model: torch.nn.Module) -> int:
+    """Keep every `Linear4bit` of `model` in the layout it can train in, as bitsandbytes does on GPUs and on CPUs
+    without AVX512-BF16 (there this changes nothing). Call it right after loading; returns the number of layers."""
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    repacked = [name for name, m in model.named_modules() if isinstance(m, Linear4bit) and is_repacked(m)]
+    if repacked:
+        raise CourseError(f"{len(repacked)} 4-bit layers (first: {repacked[0]}) were already repacked for CPU "
+                          f"inference by a forward in eval mode: load the model again and call keep_4bit_trainable "
+                          f"right after loading")
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False  # the flag bitsandbytes reads before repacking
+    return len(layers)

@@ -1,19 +1,141 @@
-"""The plumbing chapter 01's PEFT notebooks share: a small training loop, greedy generation, a held-out loss and
-accuracy, saving an adapter and checking that it reloads, and parameter counts of the real models on the meta device.
+"""Chapter 01's plumbing, the same for every PEFT method: the `Recipe` a method's recipe returns and the check of its
+target modules; the task (Rotten Tomatoes reviews as prompt and label word, batched); a small training loop, greedy
+generation, a held-out loss and accuracy; saving an adapter and checking that it reloads; counts at real scale.
 
-What each method *is* (its tensors, its config) is written out in that method's notebook; this is what is the same
-for all of them.
+What each method *is* (its tensors, its config) is written out in that method's notebook; its recipe is exported to
+utils/lessons/peft_recipes.py and registered in utils/ch01_methods.py.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
+import peft
+
+from utils.checks import check_field, check_int, read_records
 from utils.errors import CourseError
 from utils.hub import hub_errors
-from utils.peft_task import LABELS, collate
+
+
+class Recipe(NamedTuple):
+    """A method's peft config and the learning rate it trains with."""
+
+    config: peft.PeftConfig
+    learning_rate: float
+
+
+def model_skeleton(model_id: str):
+    """The model's architecture on the meta device, from its config alone: no weights are read. The course's real
+    models come from their published configs (no network); anything else from its config.json (local or Hub)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from utils.real_models import REAL_CONFIGS, meta_model
+
+    if model_id in REAL_CONFIGS:
+        return meta_model(model_id)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_id))
+
+
+def check_targets(recipe: str, model_id: str, target_modules, rank: int | None = None) -> None:
+    """A CourseError naming any of `target_modules` that the model lacks; a ValueError when `rank` is not below
+    the smaller side of every targeted layer (a low-rank update of a 64 x 192 matrix needs rank < 64)."""
+    from utils.checks import check_target_modules
+
+    if isinstance(target_modules, str) or not target_modules:
+        raise ValueError(f"{recipe}: target_modules={target_modules!r}; give a list of module names such as "
+                         f"['query_key_value']")
+    skeleton = model_skeleton(model_id)
+    check_target_modules(skeleton, list(target_modules))
+    if rank is None:
+        return
+    for name, module in skeleton.named_modules():
+        if name.rsplit(".", 1)[-1] in target_modules and hasattr(module, "in_features"):
+            side = min(module.in_features, module.out_features)
+            if rank >= side:
+                raise ValueError(f"{recipe}: rank {rank} is not below the smaller side ({side}) of {name} "
+                                 f"[{module.out_features} x {module.in_features}]: the update would not be "
+                                 f"low-rank; use a rank < {side}")
+
+
+
+
+DATASET = "cornell-movie-review-data/rotten_tomatoes"
+LABELS = ("negative", "positive")  # the dataset's label 0 and 1 (its ClassLabel names are "neg" and "pos")
+
+
+def review_prompt(text: str) -> str:
+    """The prompt the model completes with a label word."""
+    return f"Review: {text.strip()}\nSentiment:"
+
+
+def _load_hub(source: str, split: str) -> list[tuple[str, dict]]:
+    from datasets import load_dataset
+
+    with hub_errors(source, "dataset"):
+        dataset = load_dataset(source, split=split)
+    return [(f"record {i}", record) for i, record in enumerate(dataset.to_list())]
+
+
+def load_reviews(source: str | Path, split: str = "train", limit: int | None = None,
+                 seed: int = 0) -> list[tuple[str, str]]:
+    """Reviews as (prompt, completion) pairs, shuffled with `seed`, the first `limit` kept.
+
+    `source` is a local .jsonl file (one {"text": ..., "label": 0 or 1} per line) or a Hub dataset id, whose `split`
+    is read. A bad record is a CourseError naming the file, the record and the field.
+    """
+    check_int("limit", limit, minimum=1, optional=True, hint="None keeps every review")
+    path = Path(source)
+    if path.suffix == ".jsonl":
+        where, records = str(path), read_records(path)
+    else:
+        where, records = f"{source} ({split})", _load_hub(str(source), split)
+    if not records:
+        raise CourseError(f"{where} has no reviews: nothing to train on")
+    pairs = []
+    for at, record in records:
+        text, label = check_field(record, "text", f"{where}, {at}"), record.get("label")
+        if isinstance(label, bool) or label not in (0, 1):
+            raise CourseError(f"{where}, {at}: field 'label' is {label!r}; use 0 (negative) or 1 (positive)")
+        pairs.append((review_prompt(text), " " + LABELS[label]))
+    random.Random(seed).shuffle(pairs)
+    return pairs[:limit]
+
+
+def collate(pairs: list[tuple[str, str]], tokenizer) -> dict:
+    """Tokenize (prompt, completion) pairs into a right-padded batch whose labels are the completion tokens only
+    (the prompt and the padding get -100, which the loss ignores); the completion ends with end-of-text."""
+    import torch
+
+    rows = []
+    for prompt, completion in pairs:
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        completion_ids = tokenizer(completion)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append((prompt_ids + completion_ids, [-100] * len(prompt_ids) + completion_ids))
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id
+    return {
+        "input_ids": torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows]),
+        "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]),
+        "labels": torch.tensor([labels + [-100] * (width - len(labels)) for _, labels in rows]),
+    }
+
+
+def review_batches(pairs: list[tuple[str, str]], tokenizer, batch_size: int, seed: int = 0) -> Iterator[dict]:
+    """An endless stream of shuffled batches (a new order each epoch; the same stream for the same seed)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= len(pairs):
+        raise ValueError(f"batch_size={batch_size!r}: use a whole number from 1 to the {len(pairs)} reviews")
+    rng = random.Random(seed)
+    while True:
+        order = rng.sample(pairs, len(pairs))
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            yield collate(order[i:i + batch_size], tokenizer)
+
 
 REAL_MODELS = ("bigscience/bloomz-560m", "bigscience/bloom-7b1")
 
@@ -131,7 +253,7 @@ def load_base(model_id: str, device=None, seed: int = 0):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from utils.env import pick_device, seed_everything
+    from utils.machine import pick_device, seed_everything
 
     seed_everything(seed)
     with hub_errors(model_id):

@@ -210,13 +210,13 @@ def peak_memory(device=None, interval_s: float = 0.005) -> Iterator[PeakMemory]:
 
 
 def watch(*objects) -> list:
-    """Weak references to `objects` (models, trainers), for `release_memory` to check that they are really gone."""
+    """Weak references to `objects` (models, trainers), for `check_released` to check that they are really gone."""
     import weakref
 
     return [weakref.ref(obj) for obj in objects]
 
 
-def release_memory(device=None, watched=()) -> int:
+def check_released(device=None, watched=()) -> int:
     """Collect what Python no longer references and hand CUDA's cached blocks back; return the bytes still allocated
     on `device` (0 on a CPU, where freed memory goes back to the process at once). `del` the models first.
 
@@ -242,10 +242,6 @@ def release_memory(device=None, watched=()) -> int:
     torch.cuda.empty_cache()
     return torch.cuda.memory_allocated(device)
 
-
-def key_figure(name: str, value: object) -> None:
-    """Print the figure a notebook reports, in the form `make run`'s summary collects (`Key figure: name = value`)."""
-    print(f"Key figure: {name} = {value}")
 
 
 def advice(summary: dict[str, object]) -> list[str]:
