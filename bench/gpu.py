@@ -191,10 +191,10 @@ def predicted_bytes(recipe: Recipe) -> float:
                               seq_len=recipe.seq, gradient_checkpointing=False, activation_bytes=4).terms
         return params * TRAINABLE_BYTES_PER_PARAM + terms["activations"] + terms["logits"] + terms["CUDA context"]
     # prepare_model_for_kbit_training upcasts every parameter that is not quantized to fp32 (4 bytes each), and so
-    # the residual stream; fp16 autocast for the rest
+    # the residual stream and what the quantized linears compute from it; the matmuls run in fp16 under autocast
     return memory_budget(meta, weight_bits=recipe.bits, unquantized_bytes=4, lora_r=recipe.rank,
-                         target_modules=recipe.target_modules, batch_size=recipe.batch, seq_len=recipe.seq,
-                         gradient_checkpointing=True, activation_bytes=2, residual_bytes=4,
+                         target_modules=recipe.target_modules, lora_dropout=0.05, batch_size=recipe.batch,
+                         seq_len=recipe.seq, gradient_checkpointing=True, activation_bytes=2, residual_bytes=4,
                          loss="fused" if recipe.fused_head else "full").total
 
 
@@ -250,8 +250,9 @@ def bench_gpu(quick: bool = False, deadline_s: float = 420.0, warmup: int = 2, s
             "GradScaler, fp32 LoRA weights. Random weights from the published configs, the chapters' batch sizes and "
             f"lengths; chapter 03's loss through trl's fused LM head, as its SFTTrainer computes it. Peak = "
             f"torch.cuda.max_memory_allocated over {warmup} warm-up and {steps} timed steps (median s/step). Budget = "
-            "utils.memory_budget.memory_budget as chapter 03 prints it (non-quantized parameters and the residual "
-            "stream fp32 after prepare_model_for_kbit_training, fp16 activations), CUDA context included; "
+            "utils.memory_budget.memory_budget as chapter 03 prints it (non-quantized parameters, the residual stream "
+            "and what the quantized linears compute from it fp32 after prepare_model_for_kbit_training, the "
+            "attention's matmuls fp16 under autocast), CUDA context included; "
             "gpt2-medium: fp32 weights, gradients and AdamW state + activations + logits. T4 verdict: peak + 0.5 GiB "
             "CUDA context within 90% of 15 GiB (yes), within 15 GiB (tight). Tokens/s is the H200's or whichever "
             "GPU ran it, not a T4's.")

@@ -377,6 +377,8 @@ ARGUMENTS = [  # (id, call on a fresh tiny GPTModel, the message)
      r"target_modules must be a non-empty list of names"),
     ("budget 3 bits", lambda m: memory_budget(_bloom(), weight_bits=3), r"weight_bits must be one of 4, 8, 16, 32, got 3"),
     ("budget 3 bytes", lambda m: memory_budget(_bloom(), unquantized_bytes=3), r"unquantized_bytes must be one of"),
+    ("budget dropout 1.5", lambda m: memory_budget(_bloom(), lora_dropout=1.5),
+     r"memory_budget\(\): lora_dropout must be a finite number >= 0 and <= 1, got 1.5"),
     ("split train 1.5", lambda m: split_data(list(range(20)), train_frac=1.5), r"split_data\(\): train_frac must be a finite number >= 0 and <= 1, got 1.5"),
     ("split test -0.1", lambda m: split_data(list(range(20)), test_frac=-0.1), r"test_frac must be a finite number >= 0"),
     ("split sum above 1", lambda m: split_data(list(range(20)), train_frac=0.9, test_frac=0.2),

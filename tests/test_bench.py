@@ -3,6 +3,7 @@ interleaved timing, the LoRA recipes' equivalence, and the GPU section's random 
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from bench.harness import Timing, markdown_table, matmul_parameters, time_interleaved, training_flops, write_results
@@ -52,6 +53,20 @@ def test_length_grouped_sampler_covers_every_index_once_and_pads_less():
     assert padding_fraction(lengths, batches) < padding_fraction(lengths, plain) / 2
     # every batch lies within one mega-batch sorted by length: within a batch, lengths are non-increasing
     assert all(lengths[b[i]] >= lengths[b[i + 1]] for b in batches for i in range(len(b) - 1))
+
+
+def test_transformers_groups_by_length_through_train_sampling_strategy():
+    """What utils/batching.py and chapter 02 name: transformers 5's option is train_sampling_strategy="group_by_length"
+    (its LengthGroupedSampler); the old group_by_length=True is gone."""
+    from transformers import TrainingArguments
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    args = TrainingArguments(output_dir="unused", train_sampling_strategy="group_by_length", report_to="none")
+    assert args.train_sampling_strategy == "group_by_length"
+    with pytest.raises(TypeError, match="group_by_length"):
+        TrainingArguments(output_dir="unused", group_by_length=True)
+    sampler = LengthGroupedSampler(batch_size=4, lengths=list(range(1, 41)), generator=torch.Generator().manual_seed(0))
+    assert sorted(sampler) == list(range(40))
 
 
 def test_length_grouped_sampler_reproducible_from_the_global_seed_and_drop_last():

@@ -292,3 +292,102 @@ def test_save_and_reload_gives_the_same_logits(method, tokenizer, tmp_path):
     assert type(reloaded).__name__ == type(model).__name__
     with pytest.raises(CourseError, match="gives other logits than the trained model"):
         save_and_reload(model, tiny_checkpoint("bloom", seed=1), tmp_path / "other", collate(pairs, tokenizer))
+
+
+def test_adalora_p_and_q_get_gradient_only_from_the_penalty_while_lambda_is_zero(tokenizer):
+    """While every lambda is zero the task loss gives P (lora_B) and Q (lora_A) no gradient at all (they reach it only
+    through P diag(lambda) Q); peft's loss adds the orthogonality penalty, which gives them one from the first step."""
+    batch = collate(load_reviews(fixture_path("rotten_tomatoes_train"))[:8], tokenizer)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), adalora_recipe(TINY, total_step=10).config)
+
+    def grads(loss):
+        loss.backward()
+        sums = {part: sum(float(p.grad.abs().sum()) for n, p in model.named_parameters() if f".lora_{part}." in n)
+                for part in "ABE"}
+        model.zero_grad(set_to_none=True)
+        return sums
+
+    assert all(float(p.abs().sum()) == 0 for n, p in model.named_parameters() if ".lora_E." in n)
+    task = grads(model.base_model.model(**batch).loss)
+    peft_loss = grads(model(**batch).loss)
+    assert task["A"] == task["B"] == 0.0 and task["E"] > 0
+    assert peft_loss["A"] > 0 and peft_loss["B"] > 0 and peft_loss["E"] == pytest.approx(task["E"], rel=1e-5)
+
+
+def test_p_tunings_encoder_width_defaults_to_the_models_hidden_size():
+    """peft's PromptEncoderConfig leaves encoder_hidden_size unset and fills in the model's hidden size; the course's
+    128 is its own choice."""
+    assert peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=4).encoder_hidden_size is None
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY),
+                           peft.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    hidden = model.config.hidden_size
+    assert model.prompt_encoder["default"].mlp_head[0].out_features == hidden == 64
+    assert p_tuning_recipe().config.encoder_hidden_size == 128
+
+
+@pytest.mark.parametrize("method", ["p_tuning", "prefix_projection"])
+def test_a_prompt_encoder_cannot_resume_from_the_adapter_file(method, tokenizer, tmp_path):
+    """The adapter file holds the encoder's output only. peft refuses to reload it trainable; a trainable model that
+    loads it anyway (as Trainer's resume_from_checkpoint does) gets, for P-Tuning, the output as its encoder's input
+    under a fresh random MLP, without a warning, and for a reparameterised prefix a shape error. The encoder's own
+    state_dict resumes it."""
+    from peft import PeftModel, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    recipe = p_tuning_recipe() if method == "p_tuning" else prefix_tuning_recipe(prefix_projection=True)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), recipe.config)
+    train(model, _batches(tokenizer), steps=3, lr=1e-2)
+    model.save_pretrained(tmp_path)
+    tokens = torch.arange(model.peft_config["default"].num_virtual_tokens)[None]
+    trained = model.prompt_encoder["default"](tokens).detach()
+    saved = load_file(tmp_path / "adapter_model.safetensors")
+    assert list(saved) == ["prompt_embeddings"] and torch.equal(saved["prompt_embeddings"], trained[0])
+    with pytest.raises(ValueError, match="Cannot set a prompt learning adapter to trainable"):
+        PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(TINY), tmp_path, is_trainable=True)
+    torch.manual_seed(1)
+    fresh = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), recipe.config)  # trainable, as a resume builds it
+    if method == "p_tuning":
+        set_peft_model_state_dict(fresh, saved)
+        encoder = fresh.prompt_encoder["default"]
+        assert torch.equal(encoder.embedding.weight.detach(), trained[0])  # the output, loaded as the encoder's input
+        assert not torch.allclose(encoder(tokens).detach(), trained, atol=1e-3)  # ... under a random MLP
+    else:
+        with pytest.raises(RuntimeError, match="size mismatch"):
+            set_peft_model_state_dict(fresh, saved)
+    fresh.prompt_encoder.load_state_dict(model.prompt_encoder.state_dict())  # what resuming needs
+    assert torch.equal(fresh.prompt_encoder["default"](tokens).detach(), trained)
+
+
+def test_trainer_resumes_a_p_tuning_run_with_a_fresh_encoder(tmp_path):
+    """transformers' Trainer checkpoints a peft model as its adapter file; resuming a P-Tuning run from one puts the
+    saved output where the encoder's input goes, under the new model's random MLP: the prompt is not the trained one."""
+    from transformers import Trainer, TrainingArguments
+
+    ids = torch.randint(5, 200, (8, 12), generator=torch.Generator().manual_seed(0))
+    data = [{"input_ids": row, "labels": row} for row in ids]
+
+    def p_tuning_model(seed):
+        torch.manual_seed(seed)
+        return get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), p_tuning_recipe().config)
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=2, save_steps=2,
+                             learning_rate=1e-2, use_cpu=True, report_to="none", disable_tqdm=True)
+    trainer = Trainer(model=p_tuning_model(0), args=args, train_dataset=data)
+    trainer.train()
+    tokens = torch.arange(20)[None]
+    trained = trainer.model.prompt_encoder["default"](tokens).detach()
+    resumed = Trainer(model=p_tuning_model(1), args=args, train_dataset=data)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))  # at max_steps already: loads, no step
+    encoder = resumed.model.prompt_encoder["default"]
+    assert torch.equal(encoder.embedding.weight.detach(), trained[0])
+    assert not torch.allclose(encoder(tokens).detach(), trained, atol=1e-3)
+
+
+def test_lora_scales_by_alpha_over_r_and_rslora_by_alpha_over_sqrt_r():
+    """Hu et al.'s alpha / r, peft's default; rsLoRA's alpha / sqrt(r) with use_rslora=True."""
+    for use_rslora, expected in ((False, 16 / 8), (True, 16 / 8**0.5)):
+        config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["query_key_value"], use_rslora=use_rslora)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), config)
+        layer = model.base_model.model.transformer.h[0].self_attention.query_key_value
+        assert layer.scaling["default"] == pytest.approx(expected)

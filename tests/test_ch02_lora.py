@@ -48,6 +48,35 @@ def test_prepare_model_for_kbit_training_freezes_upcasts_and_checkpoints():
     assert model.get_input_embeddings()(torch.tensor([[1]])).requires_grad
 
 
+@pytest.mark.parametrize("kwargs", [{"use_reentrant": False}, None], ids=["non-reentrant", "default"])
+def test_who_makes_the_input_embeddings_require_grad(kwargs, monkeypatch):
+    """With use_reentrant=False (chapter 02's call) peft skips its enable_input_require_grads step, which only
+    reentrant checkpointing needs; transformers registers the same hook itself when it turns checkpointing on.
+    Without kwargs peft calls it too. Before prepare the embeddings' output requires grad for another reason: their
+    weight is still trainable."""
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    callers = []
+    original = PreTrainedModel.enable_input_require_grads
+
+    def recorded(self):
+        callers.append(inspect.stack()[1].frame.f_globals["__name__"].split(".")[0])
+        return original(self)
+
+    monkeypatch.setattr(PreTrainedModel, "enable_input_require_grads", recorded)
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint("gptj"), dtype=torch.float16, device_map="auto",
+                                                 quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    embeddings = model.get_input_embeddings()
+    assert embeddings.weight.requires_grad and not embeddings._forward_hooks
+    assert embeddings(torch.tensor([[1]])).requires_grad  # before: through the trainable weight
+    prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs=kwargs)
+    assert not embeddings.weight.requires_grad
+    assert embeddings(torch.tensor([[1]])).requires_grad  # after: through a forward hook
+    assert callers == (["transformers"] if kwargs else ["peft", "transformers"])
+
+
 def test_lora_starts_as_the_base_model_then_trains_and_reloads(batch, tmp_path):
     torch.manual_seed(0)
     model = get_peft_model(load_8bit(), lora_config())

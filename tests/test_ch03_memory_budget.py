@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-from utils.memory_budget import CUDA_CONTEXT_BYTES, GIB, budget_parameter_counts, memory_budget
+from utils.memory_budget import CUDA_CONTEXT_BYTES, GIB, T4_USABLE_BYTES, budget_parameter_counts, memory_budget
 from utils.real_models import meta_model
 from utils.smoke import tiny_checkpoint
 
@@ -50,8 +50,9 @@ def _saved_for_backward(model, batch_size: int, seq_len: int) -> int:
 
 @pytest.mark.parametrize(("h", "a", "s", "b"), [(256, 4, 128, 2), (512, 8, 64, 4), (128, 2, 32, 2)])
 def test_activation_terms_match_what_autograd_keeps(h, a, s, b):
-    """Korthikanti et al.'s per-layer formula against the bytes a real BLOOM block keeps for backward in bf16 (the
-    difference between a 2-layer and a 1-layer model), and gradient checkpointing's one layer input per block."""
+    """One block's tensors in a full fine-tune in bf16 (every weight trains, so every linear keeps its input) against
+    the bytes a real BLOOM block keeps for backward (the difference between a 2-layer and a 1-layer model): equal
+    but for LayerNorm's statistics, which the budget leaves out. And gradient checkpointing's one input per block."""
     from transformers import BloomConfig, BloomForCausalLM
 
     def bloom(layers, checkpointing):
@@ -62,12 +63,94 @@ def test_activation_terms_match_what_autograd_keeps(h, a, s, b):
         return model.to(torch.bfloat16).train()
 
     kept = {gc: _saved_for_backward(bloom(2, gc), b, s) - _saved_for_backward(bloom(1, gc), b, s) for gc in (False, True)}
-    terms = {gc: memory_budget(bloom(2, gc), weight_bits=16, lora_r=0, batch_size=b, seq_len=s, activation_bytes=2,
-                               gradient_checkpointing=gc).terms["activations"] for gc in (False, True)}
-    one_layer = terms[False] / 2  # the budget keeps every layer's activations without checkpointing
-    assert one_layer == pytest.approx(kept[False], rel=0.15)
+    budgets = {gc: memory_budget(bloom(2, gc), weight_bits=16, lora_r=0, batch_size=b, seq_len=s, activation_bytes=2,
+                                 gradient_checkpointing=gc) for gc in (False, True)}
+    one_layer = budgets[False].terms["activations"] / 2  # the budget keeps every layer's activations without checkpointing
+    # 32sbh + 6as^2b: Korthikanti's 34sbh + 5as^2b without the dropout masks (BLOOM's dropout is 0), with BLOOM's fp32
+    # softmax output (4as^2b) and its bf16 copy for P V (2as^2b)
+    assert one_layer == 32 * s * b * h + 6 * a * s * s * b
+    assert kept[False] - one_layer == 2 * 2 * s * b * 2  # two LayerNorms' mean and rstd (bf16), left out
     assert kept[True] == s * b * h * 2  # with checkpointing a block keeps its bf16 input only
-    assert terms[True] == 2 * kept[True] + one_layer  # ... plus one layer's activations while it is recomputed
+    assert budgets[True].terms["activations"] == 2 * kept[True] + one_layer  # ... plus one layer's while recomputed
+
+
+def _recipe_model(lora_r: int = 4):
+    """The tiny BLOOM as chapter 03 trains it on a T4: 4-bit NF4 at fp16 compute, prepare_model_for_kbit_training,
+    LoRA on query_key_value (no LoRA dropout: on a CPU its mask would be fp32, on a GPU a 1-byte bool)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    from utils.ch03_qlora import keep_4bit_trainable
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.float16)
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint("bloom"), quantization_config=config,
+                                                 dtype=torch.float16)
+    keep_4bit_trainable(model)
+    model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_r, lora_dropout=0.0,
+                                             target_modules=["query_key_value"], task_type="CAUSAL_LM"))
+    model.base_model.model.activation_checkpointing_disable()  # to see one block's own tensors
+    return model.train()
+
+
+def test_the_recipes_activation_dtypes_and_what_one_block_keeps():
+    """What the budget's residual_bytes=4, activation_bytes=2 stand for, on a 4-bit BLOOM after prepare at fp16
+    compute under fp16 autocast (the recipe on a T4; autocast on the CPU casts BLOOM's matmuls as CUDA's does, and
+    its LayerNorm and softmax run in fp32 here as there): the residual stream, the query_key_value output and the
+    dense_h_to_4h output (the GELU's input) are fp32, because Linear4bit returns its input's dtype; the attention's
+    matmuls and the dense layer after them are fp16. And the tensors block 1 keeps for backward, dtype by dtype,
+    are the budget's `layer_activations`."""
+    model = _recipe_model()
+    block = model.base_model.model.transformer.h[1]
+    dtypes, saved, recording = {}, {}, [False]
+
+    def dtype_of(name, of_input=False):
+        def hook(_module, args, output):
+            tensor = args[0] if of_input else (output[0] if isinstance(output, tuple) else output)
+            dtypes[name] = tensor.dtype
+        return hook
+
+    for module, name, of_input in [(block, "residual stream", True), (block.self_attention.query_key_value,
+                                   "query_key_value output", False), (block.self_attention.dense, "dense input", True),
+                                   (block.self_attention.dense, "dense output", False),
+                                   (block.mlp.dense_h_to_4h, "dense_h_to_4h output", False),
+                                   (block.mlp.gelu_impl, "GELU input", True)]:
+        module.register_forward_hook(dtype_of(name, of_input))
+    block.register_forward_pre_hook(lambda *_: recording.__setitem__(0, True))
+    block.register_forward_hook(lambda *_: recording.__setitem__(0, False))
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    b, s = 2, 32
+    h = model.config.hidden_size
+
+    def keep(tensor):
+        storage = tensor.untyped_storage()
+        # LayerNorm's statistics, LoRA's r-wide output and autocast's copies of the LoRA weights are left out, as
+        # the budget leaves them out: every tensor it counts has at least s*b*h values
+        if recording[0] and storage.data_ptr() not in weights and tensor.numel() >= s * b * h // 2:
+            saved[storage.data_ptr()] = (tensor.dtype, storage.nbytes())
+        return tensor
+
+    ids = torch.randint(5, 200, (b, s))
+    with torch.autocast("cpu", dtype=torch.float16), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()  # it trains: the LoRA weights get gradients
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert dtypes == {"residual stream": torch.float32, "query_key_value output": torch.float32,
+                      "dense input": torch.float16, "dense output": torch.float16,
+                      "dense_h_to_4h output": torch.float32, "GELU input": torch.float32}
+    layer = memory_budget(model.base_model.model, lora_r=4, target_modules=["query_key_value"], batch_size=b,
+                          seq_len=s, activation_bytes=2, residual_bytes=4, unquantized_bytes=4).layer
+    assert layer["LayerNorm 1 input (residual stream)"].dtype_bytes == dtypes["residual stream"].itemsize
+    assert layer["GELU input (dense_h_to_4h output)"].dtype_bytes == dtypes["GELU input"].itemsize
+    assert layer["dense input (attention context)"].dtype_bytes == dtypes["dense input"].itemsize
+    assert not layer["dense input (attention context)"].kept  # a frozen 4-bit layer keeps no input
+    measured = {dtype.itemsize: sum(n for d, n in saved.values() if d == dtype) for dtype in (torch.float32, torch.float16)}
+    budgeted = {size: sum(t.bytes for t in layer.values() if t.dtype_bytes == size) for size in (4, 2)}
+    assert measured == budgeted
+    assert {d for d, _ in saved.values()} == {torch.float32, torch.float16}
+    # fp32: both LayerNorm inputs, the softmax output, the GELU input; fp16: Q, K, V, the probabilities, LoRA's input
+    a = model.config.n_head
+    assert budgeted == {4: (2 * s * b * h + a * s * s * b + 4 * s * b * h) * 4, 2: (4 * s * b * h + a * s * s * b) * 2}
 
 
 def test_lora_term_is_what_peft_trains(bloom7b):
@@ -109,16 +192,33 @@ def test_the_total_is_the_sum_and_fits_a_t4(bloom7b):
     total = memory_budget(bloom7b, batch_size=b, seq_len=s).total
     assert total == pytest.approx(sum(terms.values()))
     assert 7 * GIB < total < 15 * GIB  # fits a T4's 15 usable GiB with checkpointing ...
-    assert memory_budget(bloom7b, batch_size=b, seq_len=s, gradient_checkpointing=False).total > total + 4 * GIB
+    # an fp16 stream (no prepare), LoRA on query_key_value: both LayerNorm inputs, LoRA's copy of the qkv input, Q, K,
+    # V, the fp32 softmax output and its fp16 copy, the GELU's input, per block; the frozen 4-bit linears keep nothing
+    sbh, as2b = s * b * H, A * s * s * b
+    layer = 2 * sbh * 2 + sbh * 2 + 3 * sbh * 2 + as2b * (4 + 2) + 4 * sbh * 2
+    assert terms["activations"] == L * sbh * 2 + layer  # with checkpointing: the stream at each block, one block
+    no_checkpointing = memory_budget(bloom7b, batch_size=b, seq_len=s, gradient_checkpointing=False)
+    assert no_checkpointing.terms["activations"] == L * layer
+    assert no_checkpointing.total - total == pytest.approx(3.39 * GIB, abs=0.01 * GIB)
 
 
 def test_the_recipe_as_it_runs_fused_head_and_fp32_residual_stream(bloom7b):
-    """trl 1.16's fused LM head never holds the logits; after prepare the checkpointed residual stream is fp32."""
+    """trl 1.16's fused LM head never holds the logits; after prepare the stream and what the 4-bit linears compute
+    from it are fp32, the attention's matmuls fp16; frozen 4-bit linears keep no input."""
     b, s = 4, 256
-    recipe = memory_budget(bloom7b, batch_size=b, seq_len=s, unquantized_bytes=4, activation_bytes=2,
-                           residual_bytes=4, loss="fused").terms
-    layer = s * b * H * (34 + 5 * A * s / H)
-    assert recipe["activations"] == pytest.approx(L * s * b * H * 4 + layer)  # fp32 stream at every checkpoint
+    budget = memory_budget(bloom7b, batch_size=b, seq_len=s, unquantized_bytes=4, activation_bytes=2,
+                           residual_bytes=4, loss="fused", lora_dropout=0.05)
+    recipe = budget.terms
+    sbh, as2b = s * b * H, A * s * s * b
+    layer = (2 * sbh * 4  # both LayerNorm inputs: the fp32 residual stream
+             + 2 * sbh * 2 + sbh * 2  # Q and K for Q K^T, V for P V: autocast's fp16 copies of the fp32 qkv output
+             + as2b * 4 + as2b * 2  # the fp32 softmax output and its fp16 copy for P V
+             + 4 * sbh * 4  # the GELU's input: dense_h_to_4h's output, fp32 (Linear4bit returns its input's dtype)
+             + sbh * 2 + sbh * 1)  # LoRA's fp16 copy of query_key_value's input, and its dropout mask
+    assert sum(t.bytes for t in budget.layer.values()) == layer == 45 * sbh  # here as2b = 2 sbh
+    assert recipe["activations"] == L * sbh * 4 + layer  # fp32 stream at every checkpoint, one block recomputed
+    assert memory_budget(bloom7b, batch_size=b, seq_len=s, unquantized_bytes=4, activation_bytes=2, residual_bytes=4,
+                         loss="fused", lora_dropout=0.05, gradient_checkpointing=False).terms["activations"] == L * layer
     # one [1024 tokens, 32768] fp16 tile, one [32768, 4096] fp16 slice of the fp32 head, fp32 dL/dhidden, statistics
     assert recipe["loss (fused LM head)"] == 1024 * 32768 * 2 + 32768 * H * 2 + 1024 * H * 4 + 1024 * 8 * 4
     assert "logits" not in recipe
@@ -128,17 +228,60 @@ def test_the_recipe_as_it_runs_fused_head_and_fp32_residual_stream(bloom7b):
         memory_budget(bloom7b, loss="chunked")
 
 
-def test_the_qlora_papers_7b_figure_and_blooms_difference(bloom7b):
-    """The QLoRA paper's 5,048 MB for a 7B LLaMA in 4-bit; bloom-7b1 needs more, and the budget says why: its
-    250,880 x 4096 embedding (1.03B parameters, tied to the lm_head) stays unquantized and prepare makes it fp32."""
-    kw = dict(batch_size=1, seq_len=512, activation_bytes=2, residual_bytes=4, loss="fused", cuda_context_bytes=0)
-    fp32_rest = memory_budget(bloom7b, unquantized_bytes=4, **kw).total
-    fp16_rest = memory_budget(bloom7b, unquantized_bytes=2, **kw).total
-    embedding = V * H
-    assert fp32_rest - fp16_rest == 2 * 1_029_218_304 + 32768 * H * 2  # 2 more bytes each, and the head's fp16 slice
-    assert 2 * embedding / GIB == pytest.approx(1.91, abs=0.01)  # what the fp32 upcast of the embedding adds
-    # bloom-7b1 budgets above the paper's figure, and its embedding in fp32 is more than the whole excess
-    assert fp32_rest > 5_048e6 and fp32_rest - 4 * embedding < 5_048e6
+def test_the_qlora_papers_7b_figure_against_the_weights(bloom7b):
+    """The QLoRA paper's 5,048 MB is a 7B LLaMA's 4-bit model: weights, set beside the budget's weights. bloom-7b1's,
+    as loaded with the rest in fp16, are about that; prepare's fp32 upcast adds 2 bytes per unquantized parameter."""
+    weights = ("quantized weights", "quantization constants", "unquantized weights")
+    loaded, prepared = (memory_budget(bloom7b, unquantized_bytes=rest).terms for rest in (2, 4))
+    assert [round(sum(terms[k] for k in weights) / 1e6) for terms in (loaded, prepared)] == [5174, 7233]
+    assert round((loaded["quantized weights"] + loaded["quantization constants"]) / 1e6) == 3116
+    assert [round(terms["unquantized weights"] / 1e6) for terms in (loaded, prepared)] == [2058, 4117]
+    assert abs(sum(loaded[k] for k in weights) - 5_048e6) < 0.03 * 5_048e6
+    # LLaMA-7B's published shape (hidden 4096, 32 blocks, MLP 11008, vocabulary 32,000) against bloom-7b1's
+    llama_linears, llama_embeddings = 32 * (4 * 4096**2 + 3 * 4096 * 11008), 2 * 32_000 * 4096
+    assert (round(llama_linears / 1e9, 1), round(L * 12 * H * H / 1e9, 1)) == (6.5, 6.0)
+    assert (round(llama_embeddings / 1e9, 2), round(V * H / 1e9, 2)) == (0.26, 1.03)
+
+
+def _recipe_budget(bloom7b, b=4, s=256, checkpointing=True, loss="fused"):
+    """Chapter 03's recipe as its notebook and README compute it."""
+    return memory_budget(bloom7b, batch_size=b, seq_len=s, lora_r=16, target_modules=["query_key_value"],
+                         lora_dropout=0.05, unquantized_bytes=4, activation_bytes=2, residual_bytes=4,
+                         gradient_checkpointing=checkpointing, loss=loss)
+
+
+def test_the_figures_quoted_in_prose_are_the_budgets(bloom7b):
+    """Every prose figure of the budget is the computed one: the chapter README's table, the course README's and the
+    notebook's 8.3 GiB, utils/machine.py's RECIPE_GPU_GB comment."""
+    import re
+
+    from utils.paths import ROOT
+
+    columns = [_recipe_budget(bloom7b), _recipe_budget(bloom7b, checkpointing=False), _recipe_budget(bloom7b, 1, 512),
+               _recipe_budget(bloom7b, loss="full")]
+    readme = (ROOT / "03-qlora-bloom" / "README.md").read_text()
+    rows = {"quantized weights": "quantized weights (NF4)", "quantization constants": "quantization constants",
+            "unquantized weights": "unquantized weights (embedding = lm_head, norms, biases; fp32)",
+            "LoRA weights + grads + AdamW": "LoRA weights + grads + AdamW (16 B/param)",
+            "activations": "activations (fp32 stream at the checkpoints; one block: below)"}
+    for term, label in rows.items():
+        assert f"| {label} | " + " | ".join(f"{b.terms[term] / GIB:.3f}" for b in columns) + " |" in readme, term
+    loss = [b.terms.get("loss (fused LM head)", b.terms.get("logits")) / GIB for b in columns]
+    assert "| " + " | ".join(f"{x:.3f}" for x in loss) + " |" in readme
+    assert "| **total** | " + " | ".join(f"**{b.total / GIB:.3f}**" for b in columns) + " |" in readme
+    spare = [(T4_USABLE_BYTES - b.total) / GIB for b in columns[:2]]
+    assert f"about {spare[0]:.1f} GiB spare" in readme and f"about {spare[1]:.0f} GiB spare" in readme
+    layer = columns[0].layer
+    assert f"{sum(t.bytes for t in layer.values()) / 2**20:.0f} MiB (`memory_budget(...).layer_table()`" in readme
+    recipe = f"{columns[0].total / GIB:.1f} GiB"
+    assert f"bloom-7b1 in 4-bit on a 16 GB T4: **{recipe} predicted**" in readme
+    assert f"the recipe's {recipe} each, predicted above" in readme
+    assert f"a 16 GB GPU (T4): {recipe} predicted" in (ROOT / "README.md").read_text()
+    notebook = (ROOT / "03-qlora-bloom" / "02_qlora_bloom_sfttrainer.ipynb").read_text()
+    assert f"(about {recipe} predicted, below;" in notebook
+    env = (ROOT / "utils" / "machine.py").read_text()
+    assert re.search(rf'"03 bloom-7b1 4-bit QLoRA": 9,  # {re.escape(recipe)} predicted by utils.memory_budget', env)
+    assert 9 > columns[0].total / GIB  # ... and RECIPE_GPU_GB's 9 GB holds it
 
 
 def test_the_residual_stream_is_fp32_after_prepare_at_fp16_compute():

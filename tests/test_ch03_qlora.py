@@ -75,11 +75,45 @@ def test_unknown_target_module_is_caught_before_peft():
 
 def test_4bit_where_bitsandbytes_cannot_run(monkeypatch):
     require_4bit_support("cpu")  # works here
-    with pytest.raises(CourseError, match="mps, where bitsandbytes does not run"):
+    if torch.backends.mps.is_available():  # the probe decides on every device: on a Mac with MPS it passes
         require_4bit_support("mps")
+    else:  # ... and where torch has no MPS it says so, in one line
+        with pytest.raises(CourseError, match=r"cannot quantize to 4-bit on mps \(NotImplementedError: [^\n]*\); use a CUDA"):
+            require_4bit_support("mps")
     monkeypatch.setitem(sys.modules, "bitsandbytes.functional", None)  # as if bitsandbytes failed to import
     with pytest.raises(CourseError, match="cannot quantize to 4-bit on cpu"):
         require_4bit_support("cpu")
+
+
+def test_bitsandbytes_has_4bit_kernels_for_apples_mps():
+    """Why the probe, not a list of device types, decides: bitsandbytes 0.50 registers NF4 kernels for MPS (its
+    backends/mps/ops.py, imported where MPS is available; imported here to read its registrations)."""
+    import bitsandbytes.backends.mps.ops  # noqa: F401
+
+    for op in ("quantize_4bit", "dequantize_4bit", "gemm_4bit"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"bitsandbytes::{op}", "MPS"), op
+
+
+def test_auto_find_batch_size_multiplies_the_batch_by_0_9():
+    """SFTConfig(auto_find_batch_size=True): on out-of-memory the Trainer retries with 0.9 times the batch
+    (transformers' find_executable_batch_size hands over to accelerate's), not half: 4 -> 3 -> 2 -> 1, then gives up."""
+    from transformers.trainer_utils import find_executable_batch_size
+
+    tried, fits = [], [1]
+
+    def inner_training_loop(batch_size):  # what the Trainer wraps: out of memory above the sizes in `fits`
+        tried.append(batch_size)
+        if batch_size not in fits:
+            raise torch.OutOfMemoryError("CUDA out of memory.")
+        return batch_size
+
+    assert find_executable_batch_size(inner_training_loop, starting_batch_size=4, auto_find_batch_size=True)() == 1
+    assert tried == [4, 3, 2, 1]
+    tried.clear()
+    fits.clear()  # nothing fits
+    with pytest.raises(RuntimeError, match="reached zero"):
+        find_executable_batch_size(inner_training_loop, starting_batch_size=16, auto_find_batch_size=True)()
+    assert tried == [16, 14, 12, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1]
 
 
 # --- training, saving, reloading, resuming -------------------------------------------------------------------

@@ -21,6 +21,8 @@ def test_source_values_at_4_and_8_bits():
     assert int(quantize_symmetric(0.622, 8)) == 79
     assert round(float(dequantize_symmetric(79, 8)), 4) == 0.6220
     assert float(dequantize_symmetric(79, 8)) == pytest.approx(79 / 127, abs=0)
+    # the lesson's sentence: right to four decimals at 8 bits, not even to one at 4 bits
+    assert abs(float(dequantize_symmetric(79, 8)) - 0.622) < 0.5e-4 < 0.5e-1 < abs(float(dequantize_symmetric(4, 4)) - 0.622)
 
 
 def test_clipping_range_and_error_bound():
@@ -60,3 +62,23 @@ def test_bitsandbytes_blockwise_int8_and_nf4_on_a_weight():
     assert err8.mean() < errors[False].mean() / 5
     assert errors[False].max() < weight.abs().max() / 5
     assert abs(errors[True].mean() - errors[False].mean()) < 0.05 * errors[False].mean()
+
+
+def test_block_sizes_bitsandbytes_uses_by_default():
+    """What section 3 says: 4-bit blocks of 64 (quantize_4bit's default and the Linear4bit layers transformers makes),
+    quantize_blockwise's 8 bits in blocks of 4,096 by default, and LLM.int8 one scale per output row, not blocks."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from utils.smoke import tiny_checkpoint
+
+    weight = torch.randn(128, 256)
+    assert bnbf.quantize_4bit(weight)[1].blocksize == 64
+    assert bnbf.quantize_blockwise(weight)[1].blocksize == 4096
+    nf4 = AutoModelForCausalLM.from_pretrained(tiny_checkpoint("bloom"),
+                                               quantization_config=BitsAndBytesConfig(load_in_4bit=True))
+    assert {m.weight.quant_state.blocksize for m in nf4.modules() if type(m).__name__ == "Linear4bit"} == {64}
+    int8 = AutoModelForCausalLM.from_pretrained(tiny_checkpoint("bloom"),
+                                                quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    layer = int8.transformer.h[0].mlp.dense_h_to_4h
+    assert type(layer).__name__ == "Linear8bitLt" and layer.weight.dtype == torch.int8
+    assert layer.weight.SCB.shape == (layer.out_features,)  # one fp32 scale per row

@@ -4,7 +4,8 @@ Padding to the longest example in a batch (chapters 02 and 04 do) wastes the pad
 them and the loss ignores them. Batches of similar lengths waste little. `LengthGroupedBatchSampler` keeps the
 randomness of shuffling: each epoch it shuffles the examples, cuts them into mega-batches of
 `batch_size * mega_batch_mult`, sorts each mega-batch by length, cuts it into batches, and shuffles the batches
-(the same idea as transformers' `group_by_length=True`).
+(the same idea as transformers' `LengthGroupedSampler`, which
+`TrainingArguments(train_sampling_strategy="group_by_length")` selects; `group_by_length=True` was its old name).
 
 Use: `DataLoader(dataset, batch_sampler=LengthGroupedBatchSampler(lengths, batch_size=8), collate_fn=...)`.
 Without a `generator` it draws its seed from torch's global random state when an epoch starts, as

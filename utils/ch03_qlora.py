@@ -45,11 +45,9 @@ def load_prompt_dataset(source, column="prompt", limit=None):
 
 
 def require_4bit_support(device):
-    """Raise a CourseError unless bitsandbytes can quantize to 4-bit NF4 on `device` (CUDA, CPU or XPU)."""
+    """Raise a CourseError unless bitsandbytes can quantize to 4-bit NF4 and back on `device`: the probe decides, on
+    every device (bitsandbytes 0.50 registers 4-bit kernels for CUDA, the CPU, XPU and Apple's MPS)."""
     device = torch.device(device)
-    if device.type not in ("cuda", "cpu", "xpu"):
-        raise CourseError(f"4-bit quantization was requested on {device.type}, where bitsandbytes does not run: "
-                          f"use a CUDA GPU (Colab T4) or the CPU, or load the model without quantization_config")
     try:
         import bitsandbytes.functional as bnbf
 
@@ -57,7 +55,9 @@ def require_4bit_support(device):
         packed, state = bnbf.quantize_4bit(weight, blocksize=64, quant_type="nf4")
         bnbf.dequantize_4bit(packed, state)
     except Exception as exc:
-        raise CourseError(f"bitsandbytes cannot quantize to 4-bit on {device} ({type(exc).__name__}: {exc}); "
+        reason = (str(exc).splitlines() or [""])[0][:200]  # torch's first line; the rest lists its backends
+        raise CourseError(f"bitsandbytes cannot quantize to 4-bit on {device} ({type(exc).__name__}: {reason}); "
+                          f"use a CUDA GPU (Colab T4) or the CPU, load the model without quantization_config, or "
                           f"install the pinned bitsandbytes (pip install -r requirements.txt)") from exc
 
 

@@ -31,7 +31,8 @@ RECIPE_GPU_GB = {
 
 
 def pick_device():
-    """The device to train on: CUDA when present, else CPU (MPS lacks bitsandbytes, so the course skips it)."""
+    """The device to train on: CUDA when present, else CPU. The course does not pick Apple's MPS: no notebook is
+    tested there (bitsandbytes 0.50 has 4-bit kernels for it; `utils.ch03_qlora.require_4bit_support` probes)."""
     import torch
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

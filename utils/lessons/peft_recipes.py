@@ -73,8 +73,9 @@ def lora_recipe(model_id, r=8, lora_alpha=16, lora_dropout=0.05, target_modules=
 
 # 01-peft-setup/06_ia3.ipynb
 def ia3_recipe(model_id, target_modules=("query_key_value", "dense_4h_to_h"), feedforward_modules=("dense_4h_to_h",)):
-    """IA3: a learned vector per target layer that rescales its output (attention) or, for the feed-forward
-    modules, its input (the activations after the GELU); initialised to ones, so training starts from the base."""
+    """IA3: a learned vector per target layer that rescales its output (attention's keys and values; on BLOOM's fused
+    query_key_value, the queries too) or, for the feed-forward modules, its input (the activations after the GELU);
+    initialised to ones, so training starts from the base."""
     check_targets("ia3_recipe", model_id, target_modules)
     stray = [name for name in feedforward_modules if name not in target_modules]
     if stray:
@@ -108,4 +109,4 @@ def adalora_recipe(model_id, total_step=None, init_r=12, target_r=4, lora_alpha=
     config = peft.AdaLoraConfig(task_type="CAUSAL_LM", init_r=init_r, target_r=target_r, lora_alpha=lora_alpha,
                                 target_modules=list(target_modules), total_step=total_step, tinit=tinit,
                                 tfinal=tfinal, deltaT=deltaT)
-    return Recipe(config, learning_rate=1e-2)  # lambda starts at 0, so P and Q get no gradient at first
+    return Recipe(config, learning_rate=1e-2)  # lambda starts at 0: no gradient for P and Q from the task loss
