@@ -1,8 +1,10 @@
-"""Notebook tooling: the generated Colab badge and setup cells, exported modules, new notebooks, stripping outputs.
+"""Notebook tooling: the generated Colab badge and setup cells, exported modules, README blocks, new notebooks,
+stripping outputs.
 
 `python -m tools.nbtools sync` rewrites every notebook's badge and setup cell from `utils.paths.REPO_URL`
-(the one place the repository URL is defined) and every module the notebooks' `#| export` cells make
-(tools/nbexport.py); `python -m tools.nbtools check` fails on either being stale; `strip` removes outputs.
+(the one place the repository URL is defined), every module the notebooks' `#| export` cells make
+(tools/nbexport.py), and the READMEs' lists of chapter 01's methods from its registry (utils/ch01_methods.py);
+`python -m tools.nbtools check` fails on any of them being stale; `strip` removes outputs.
 """
 
 from __future__ import annotations
@@ -157,6 +159,59 @@ def check(path: Path) -> list[str]:
     return problems
 
 
+def readme_blocks() -> dict[Path, dict[str, str]]:
+    """The README blocks `sync` writes, {README: {block name: text}}: chapter 01's methods, from its registry."""
+    from utils.ch01_methods import METHODS
+
+    methods = list(METHODS.values())
+    table = ["| notebook | method | what it trains | paper |", "|---|---|---|---|"] + [
+        f"| `{m.notebook}` | {m.name} | {m.trains} | {m.paper.authors}, [{m.paper.title}]({m.paper.url}) ({m.paper.year}) |"
+        for m in methods]
+    names = [m.name for m in methods]
+    return {ROOT / "01-peft-setup" / "README.md": {"methods": "\n".join(table)},
+            ROOT / "README.md": {"methods": ", ".join(names[:-1]) + " and " + names[-1]}}
+
+
+def fill_blocks(text: str, blocks: dict[str, str], where: str = "README") -> str:
+    """`text` with each `<!-- NAME:start -->...<!-- NAME:end -->` block holding blocks[NAME] (between lines of its
+    own when it spans lines). A ValueError names a block that is missing or not written once."""
+    for name, body in blocks.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+            raise ValueError(f"{where}: expected one `{start}` ... `{end}` block")
+        head, rest = text.split(start)
+        tail = rest.split(end)[1]
+        text = head + start + (f"\n{body}\n" if "\n" in body else body) + end + tail
+    return text
+
+
+def _name(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def stale_readmes(blocks: dict[Path, dict[str, str]] | None = None) -> list[str]:
+    """The READMEs whose generated blocks `sync` would change."""
+    if blocks is None:
+        try:
+            blocks = readme_blocks()
+        except (ImportError, AttributeError) as exc:  # a registry entry whose recipe is not exported yet
+            return [f"utils/ch01_methods.py does not import ({type(exc).__name__}: {exc}): run `make sync`"]
+    return [f"{_name(path)}: a generated block differs from utils/ch01_methods.py's METHODS" for path, named
+            in blocks.items() if fill_blocks(text := path.read_text(encoding="utf-8"), named, _name(path)) != text]
+
+
+def sync_readmes(blocks: dict[Path, dict[str, str]] | None = None) -> list[str]:
+    """Rewrite the READMEs' generated blocks; returns what changed."""
+    blocks = readme_blocks() if blocks is None else blocks
+    changed = []
+    for path, named in blocks.items():
+        text = path.read_text(encoding="utf-8")
+        if (filled := fill_blocks(text, named, _name(path))) != text:
+            path.write_text(filled, encoding="utf-8")
+            changed.append(f"sync: {_name(path)}")
+    return changed
+
+
 def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("command", choices=["sync", "strip", "check", "list"])
@@ -165,13 +220,15 @@ def main(argv: Iterable[str] | None = None) -> int:
     paths = args.paths or notebooks()
     if args.command == "check":
         problems = [f"{p.relative_to(ROOT)}: {problem}" for p in paths for problem in check(p)]
-        problems += nbexport.stale(notebooks()) if not args.paths else []
-        print("\n".join(problems) or f"{len(paths)} notebooks clean and in sync, and so are their exported modules")
+        problems += nbexport.stale(notebooks()) + stale_readmes() if not args.paths else []
+        print("\n".join(problems) or f"{len(paths)} notebooks clean and in sync, and so are their exported modules"
+                                     + ("" if args.paths else " and the README blocks"))
         if problems:
-            print("fix with `make strip` (outputs) and `make sync` (badge and setup cells, exported modules)")
+            print("fix with `make strip` (outputs) and `make sync` (badge and setup cells, exported modules, README blocks)")
         return 1 if problems else 0
     if args.command == "sync" and not args.paths:
         print("\n".join(nbexport.sync(notebooks())) or "exported modules: in sync")
+        print("\n".join(sync_readmes()) or "README blocks: in sync")
     for path in paths:
         if args.command == "list":
             print(path.relative_to(ROOT))

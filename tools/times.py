@@ -16,6 +16,7 @@ import re
 import sys
 from pathlib import Path
 
+from utils.ch01_methods import METHODS
 from utils.paths import ROOT
 
 DATA = ROOT / "docs" / "times.json"
@@ -44,11 +45,10 @@ T4_RECIPES: dict[str, tuple[float, ...]] = {
     "04-instruction-gpt2/02_lora_from_scratch.ipynb": (3.55e8, 2 * 100 * 8 * 90, 0, 0),
     # 4 training passes x 135 steps x 2 x 256 tokens (GPT-2 124M from scratch)
     "05-lr-schedules/01_warmup_cosine_clipping.ipynb": (1.24e8, 4 * 135 * 512, 0, 0),
-    # chapter 01 (fp32, see T4_FP32_RECIPES): each method 250 steps x 8 reviews x ~30 tokens on bloomz-560m; the
-    # comparison six methods x 150 steps
-    **{f"01-peft-setup/{name}.ipynb": (5.59e8, 250 * 8 * 30, 0, 0) for name in (
-        "02_prompt_tuning", "03_p_tuning", "04_prefix_tuning", "05_lora", "06_ia3", "07_adalora")},
-    "01-peft-setup/08_peft_methods_compared.ipynb": (5.59e8, 6 * 150 * 8 * 30, 0, 0),
+    # chapter 01 (fp32, see T4_FP32_RECIPES): each method's notebook (the registry's) 250 steps x 8 reviews x ~30
+    # tokens on bloomz-560m; the comparison every method x 150 steps
+    **{f"01-peft-setup/{method.notebook}": (5.59e8, 250 * 8 * 30, 0, 0) for method in METHODS.values()},
+    "01-peft-setup/08_peft_methods_compared.ipynb": (5.59e8, len(METHODS) * 150 * 8 * 30, 0, 0),
 }
 T4_FP32_FLOPS = 8.1e12  # NVIDIA's figure for the T4 in fp32 (no tensor cores)
 #: Recipes that train in fp32 (chapter 01's bloomz-560m fits a T4 unquantized and without autocast)
