@@ -18,7 +18,6 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from tools.nbexport import load
-from utils.batching import LengthGroupedBatchSampler
 from utils.ch03_qlora import load_prompt_dataset
 from utils.ch04_gpt2 import Tokenizer, generate_model_scores, load_instruction_data
 from utils.ch05_text_data import GPTDatasetV1, create_dataloader_v1
@@ -400,8 +399,6 @@ ARGUMENTS = [  # (id, call on a fresh tiny GPTModel, the message)
     ("a sequence above the context", lambda m: m(torch.zeros(1, 17, dtype=torch.long)),
      r"a sequence of 17 tokens is longer than the model's context_length \(16\)"),
     ("seed -1", lambda m: seed_everything(-1), r"seed_everything\(\): seed must be an integer >= 0"),
-    ("sampler batch 0", lambda m: LengthGroupedBatchSampler([3, 4], batch_size=0), r"batch_size must be an integer >= 1, got 0"),
-    ("sampler length -1", lambda m: LengthGroupedBatchSampler([3, -1], batch_size=2), r"lengths\[1\] must be an integer >= 0"),
     ("prompts limit 0", lambda m: load_prompt_dataset(str(fixture_path("prompts")), limit=0),
      r"load_prompt_dataset\(\): limit must be an integer >= 1 \(or None\), got 0"),
     ("SQuAD n 0", lambda m: load_squad(fixture_path("squad_train"), "train", n=0), r"load_squad\(\): n must be"),

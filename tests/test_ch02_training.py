@@ -13,6 +13,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from tools.nbexport import load
 from utils.errors import CourseError
@@ -162,6 +163,23 @@ def test_a_crash_while_swapping_in_the_new_epoch_loses_neither(batches, tmp_path
     save_training_state(tmp_path / "last", model, optimizer, scaler, {"epoch": 2}, lora_state(model))  # and on
     assert load_training_state(tmp_path / "last", model, optimizer, scaler)[0] == {"epoch": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+
+
+def test_the_length_grouped_order_follows_torchs_random_state():
+    """transformers' LengthGroupedSampler, as the notebook uses it (no generator), draws each epoch's order from torch's
+    random state, as shuffle=True does: a seed, or the random state a checkpoint restores, fixes it, and the next epoch
+    draws another. Full mode's 2,000 examples in batches of 4 come in groups of 50 batches, each sorted longest first
+    (the first group starts with the longest example of all, so memory runs out at the first step if at all)."""
+    lengths = [(i * 37) % 509 + 1 for i in range(2000)]
+    sampler = LengthGroupedSampler(4, lengths=lengths)
+    torch.manual_seed(3)
+    first = list(sampler)
+    torch.manual_seed(3)
+    assert list(sampler) == first
+    assert list(sampler) != first
+    assert sorted(first) == list(range(2000)) and lengths[first[0]] == max(lengths)
+    groups = [[lengths[i] for i in first[start:start + 200]] for start in range(0, 2000, 200)]
+    assert all(group == sorted(group, reverse=True) for group in groups[1:])
 
 
 def test_a_short_last_group_is_averaged_over_its_own_batches(batches):
