@@ -38,7 +38,7 @@ from bench.harness import (
     training_flops,
     write_results,
 )
-from utils.batching import LengthGroupedBatchSampler, padding_fraction, shuffled_batches
+from bench.sampler import length_grouped_batches, padding_fraction, shuffled_batches
 from utils.paths import ROOT
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -279,7 +279,7 @@ def padding_rows(lengths: list[int], batch_size: int, source: str, epochs: int =
             if name == "plain shuffle":
                 batches = shuffled_batches(len(lengths), batch_size, generator)
             else:
-                batches = list(LengthGroupedBatchSampler(lengths, batch_size, generator=generator))
+                batches = length_grouped_batches(lengths, batch_size, generator)
             fractions.append(padding_fraction(lengths, batches))
         rows.append({"data": source, "batch": batch_size, "batching": name,
                      "pad fraction (mean of epochs)": f"{sum(fractions) / len(fractions):.1%}"})
@@ -297,7 +297,7 @@ def bench_padding(quick: bool, repeats: int) -> tuple[list[dict], list[dict], st
     lengths = ch04[:n]
     generator = torch.Generator().manual_seed(0)
     plans = {"plain shuffle": shuffled_batches(n, 8, generator),
-             "length-grouped": list(LengthGroupedBatchSampler(lengths, 8, generator=generator))}
+             "length-grouped": length_grouped_batches(lengths, 8, generator)}
     torch.manual_seed(0)
     cfg = {"vocab_size": 1024, "context_length": 1024, "emb_dim": 64 if quick else 256, "n_layers": 2,
            "n_heads": 4, "drop_rate": 0.0, "qkv_bias": True}
@@ -325,8 +325,8 @@ def bench_padding(quick: bool, repeats: int) -> tuple[list[dict], list[dict], st
             f"20 epochs (seeds). Tokens counted with the tiny smoke tokenizers (byte-level BPE, vocabulary 1,024: "
             f"more tokens per text than GPT-2's 50k BPE, so the lengths are longer than the real ones, their spread "
             f"alike). Chapter 04 batches 8 (lengths capped at 1,024), chapter 02 batches 4 (max_length 512). "
-            f"Length-grouped: utils.batching.LengthGroupedBatchSampler (shuffle, mega-batches of 16 batches sorted by "
-            f"length, batches shuffled).\n\nThroughput: one epoch over the first {n} chapter-04 sequences, batch 8, on "
+            f"Length-grouped: transformers' LengthGroupedSampler (shuffle, groups of up to 50 batches, at least 4 "
+            f"groups, each sorted by length).\n\nThroughput: one epoch over the first {n} chapter-04 sequences, batch 8, on "
             f"a small GPTModel ({cfg['emb_dim']}/{cfg['n_layers']}/{cfg['n_heads']}, vocab 1,024, fp32), full training "
             f"steps; median of {repeats} interleaved repeats.")
     return rows, speed, note

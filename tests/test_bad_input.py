@@ -14,11 +14,11 @@ import math
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from tools.nbexport import load
-from utils.batching import LengthGroupedBatchSampler
 from utils.ch03_qlora import load_prompt_dataset
 from utils.ch04_gpt2 import Tokenizer, generate_model_scores, load_instruction_data
 from utils.ch05_text_data import GPTDatasetV1, create_dataloader_v1
@@ -69,7 +69,8 @@ LOADERS = {
     "prompts JSON Lines": ("prompts.jsonl", load_prompt_dataset),
     "text": ("story.txt", read_text),
     "GPT-2 config.json": ("gpt2/config.json", lambda path: load_gpt2(path.parent)),
-    "checkpoint state.json": ("checkpoint/state.json", lambda path: load_checkpoint(path.parent, *_model_and_optimizer())),
+    "checkpoint": ("checkpoint/checkpoint.safetensors", lambda path: load_checkpoint(path, like={
+        "model": _model_and_optimizer()[0].state_dict(), "optimizer": _model_and_optimizer()[1].state_dict()})),
 }
 
 
@@ -109,7 +110,6 @@ ENCODING = [
         ("prompts JSON Lines", '{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n'),
         ("text", "The story\nof a caf\xe9\n"),
         ("GPT-2 config.json", '{"n_embd": 8,\n"note": "caf\xe9"}'),
-        ("checkpoint state.json", '{"global_step": 1,\n"note": "caf\xe9"}'),
     ]
 ]
 
@@ -132,7 +132,8 @@ SYNTAX = [
     ("prompts CSV quotes", "prompts CSV", b'act,prompt\n"Chef","a "quoted" word"\n',
      ["{path}, line 2: not valid CSV", "quotes"]),
     ("config.json", "GPT-2 config.json", b'{"n_embd": 8,,}', ["{path}, line 1 column 14", "not valid JSON"]),
-    ("state.json", "checkpoint state.json", b'{"global_step": }', ["{path}, line 1 column", "not valid JSON"]),
+    ("checkpoint: JSON, not safetensors", "checkpoint", b'{"global_step": }',
+     ["{path} is not a checkpoint that save_checkpoint wrote (SafetensorError", "start without resume=True"]),
 ]
 
 
@@ -159,7 +160,8 @@ STRUCTURE = [
     ("prompts JSON Lines: an array line", "prompts JSON Lines", b'{"prompt": "a"}\n["b"]\n',
      ["{path}, line 2: a JSON list, expected an object"]),
     ("config.json: a list", "GPT-2 config.json", b"[1, 2]", ["expected a JSON object of the model's settings"]),
-    ("state.json: a list", "checkpoint state.json", b"[1]", ["expected a JSON object of the run's counters"]),
+    ("checkpoint: model weights", "checkpoint", safetensors.torch.save({"w": torch.zeros(2)}),
+     ["{path} is not a checkpoint that save_checkpoint wrote (KeyError: 'checkpoint')"]),
 ]
 
 
@@ -212,8 +214,8 @@ FIELDS = [
      ["{path}, record 1: field 'prompt' is int 7, expected text"]),
     ("prompts JSON Lines: blank prompt", "prompts JSON Lines", b'{"prompt": "I want you to act as a poet."}\n{"prompt": "  "}\n',
      ["{path}, line 2: field 'prompt' is empty"]),
-    ("state.json: files without optimizer", "checkpoint state.json", b'{"files": {"model": "m.safetensors", "rng": "r"}}',
-     ["{path}, field 'files': no field 'optimizer'"]),
+    ("checkpoint: another loop's", "checkpoint", safetensors.torch.save({}, {"checkpoint": '{"adapter": {}}'}),
+     ["{path}: no field 'model' (its fields: ['adapter']); start without resume=True"]),
 ]
 
 
@@ -226,7 +228,8 @@ def test_a_bad_field_is_named_with_its_record(tmp_path, kind, content, expected)
 # --- empty input: a file with nothing in it, or records with none --------------------------------------------
 
 EMPTY = [
-    *[(f"{kind}: 0 bytes", kind, b"", ["{path} is empty"]) for kind in LOADERS],
+    *[(f"{kind}: 0 bytes", kind, b"", ["{path} is empty"]) for kind in LOADERS if kind != "checkpoint"],
+    ("checkpoint: 0 bytes", "checkpoint", b"", ["{path} is not a checkpoint that save_checkpoint wrote", "too small"]),
     ("text: whitespace", "text", b"  \n\n\t\n", ["{path} is empty"]),
     ("instruction data: []", "instruction data", b"[]", ["holds no records", "nothing to train on"]),
     ("SQuAD: no articles", "SQuAD", b'{"data": []}', ["holds no questions"]),
@@ -402,8 +405,6 @@ ARGUMENTS = [  # (id, call on a fresh tiny GPTModel, the message)
     ("a sequence above the context", lambda m: m(torch.zeros(1, 17, dtype=torch.long)),
      r"a sequence of 17 tokens is longer than the model's context_length \(16\)"),
     ("seed -1", lambda m: seed_everything(-1), r"seed_everything\(\): seed must be an integer >= 0"),
-    ("sampler batch 0", lambda m: LengthGroupedBatchSampler([3, 4], batch_size=0), r"batch_size must be an integer >= 1, got 0"),
-    ("sampler length -1", lambda m: LengthGroupedBatchSampler([3, -1], batch_size=2), r"lengths\[1\] must be an integer >= 0"),
     ("prompts limit 0", lambda m: load_prompt_dataset(str(fixture_path("prompts")), limit=0),
      r"load_prompt_dataset\(\): limit must be an integer >= 1 \(or None\), got 0"),
     ("SQuAD n 0", lambda m: load_squad(fixture_path("squad_train"), "train", n=0), r"load_squad\(\): n must be"),
@@ -469,12 +470,14 @@ def test_the_hub_message_online_says_to_check_the_id_and_the_connection(monkeypa
 
 def test_a_checkpoint_loader_error_leaves_model_and_optimizer_as_they_were(tmp_path):
     model, optimizer = _model_and_optimizer()
-    save_checkpoint(tmp_path, model, optimizer, {"global_step": 1}, {"cpu": torch.get_rng_state()})
+    path = save_checkpoint(tmp_path / "checkpoint.safetensors",
+                           {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "global_step": 1})
+    path.write_bytes(path.read_bytes()[:-8])  # truncated: the last tensor's bytes are missing
     other, other_optimizer = _model_and_optimizer()
     with torch.no_grad():
         other.out_head.weight.add_(1.0)
-    (tmp_path / json.loads((tmp_path / "state.json").read_text())["files"]["optimizer"]).write_bytes(b"truncated")
     before = {k: v.clone() for k, v in other.state_dict().items()}
-    with pytest.raises(CourseError, match="optimizer-step1.pt cannot be read"):
-        load_checkpoint(tmp_path, other, other_optimizer)
+    with pytest.raises(CourseError, match="checkpoint.safetensors is not a checkpoint that save_checkpoint wrote"):
+        train_model(other, _loader(), _loader(), other_optimizer, "cpu", 1, 1, 1, checkpoint_dir=tmp_path, resume=True)
     assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())  # the weights were not loaded
+    assert other_optimizer.state_dict()["state"] == {}  # nor the optimizer's state

@@ -8,7 +8,7 @@ import torch
 
 from bench.harness import Timing, markdown_table, matmul_parameters, time_interleaved, training_flops, write_results
 from bench.run import build_variant, lora_targets, optimizer_state_bytes
-from utils.batching import LengthGroupedBatchSampler, padding_fraction, shuffled_batches
+from bench.sampler import length_grouped_batches, padding_fraction, shuffled_batches
 
 TINY = {"vocab_size": 97, "context_length": 32, "emb_dim": 16, "n_heads": 2, "n_layers": 2, "drop_rate": 0.0,
         "qkv_bias": True}
@@ -42,22 +42,21 @@ def test_padding_fraction_by_hand():
     assert padding_fraction(lengths, [[0, 1, 2, 3]]) == 1 - 21 / 32
 
 
-def test_length_grouped_sampler_covers_every_index_once_and_pads_less():
+def test_length_grouped_batches_cover_every_index_once_and_pad_less():
     lengths = [(i * 37) % 100 + 1 for i in range(200)]
-    sampler = LengthGroupedBatchSampler(lengths, batch_size=8, mega_batch_mult=5,
-                                        generator=torch.Generator().manual_seed(0))
-    batches = list(sampler)
-    assert len(batches) == len(sampler) == 25  # 5 mega-batches of 40
+    batches = length_grouped_batches(lengths, 8, torch.Generator().manual_seed(0))
+    assert len(batches) == 25 and all(len(b) == 8 for b in batches)
     assert sorted(i for b in batches for i in b) == list(range(200))
     plain = shuffled_batches(200, 8, torch.Generator().manual_seed(0))
+    assert sorted(i for b in plain for i in b) == list(range(200))
     assert padding_fraction(lengths, batches) < padding_fraction(lengths, plain) / 2
-    # every batch lies within one mega-batch sorted by length: within a batch, lengths are non-increasing
-    assert all(lengths[b[i]] >= lengths[b[i + 1]] for b in batches for i in range(len(b) - 1))
+    again = length_grouped_batches(lengths, 8, torch.Generator().manual_seed(0))
+    assert again == batches != length_grouped_batches(lengths, 8, torch.Generator().manual_seed(1))  # the seed's
 
 
 def test_transformers_groups_by_length_through_train_sampling_strategy():
-    """What utils/batching.py and chapter 02 name: transformers 5's option is train_sampling_strategy="group_by_length"
-    (its LengthGroupedSampler); the old group_by_length=True is gone."""
+    """What chapter 02 names: transformers 5's option is train_sampling_strategy="group_by_length" (its
+    LengthGroupedSampler, which chapter 02 uses directly); the old group_by_length=True is gone."""
     from transformers import TrainingArguments
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
@@ -67,19 +66,6 @@ def test_transformers_groups_by_length_through_train_sampling_strategy():
         TrainingArguments(output_dir="unused", group_by_length=True)
     sampler = LengthGroupedSampler(batch_size=4, lengths=list(range(1, 41)), generator=torch.Generator().manual_seed(0))
     assert sorted(sampler) == list(range(40))
-
-
-def test_length_grouped_sampler_reproducible_from_the_global_seed_and_drop_last():
-    lengths = list(range(1, 31))
-    sampler = LengthGroupedBatchSampler(lengths, batch_size=4, mega_batch_mult=2)
-    torch.manual_seed(3)
-    first = list(sampler)
-    torch.manual_seed(3)
-    assert list(sampler) == first  # the order comes from torch's global random state, like shuffle=True
-    assert list(sampler) != first  # the next epoch draws a new order
-    dropped = LengthGroupedBatchSampler(lengths, batch_size=4, mega_batch_mult=2, drop_last=True)
-    assert len(list(dropped)) == len(dropped) == 7 and all(len(b) == 4 for b in dropped)
-    assert len(sampler) == 8  # mega-batches of 8, 8, 8, 6 -> 2 + 2 + 2 + 2 batches
 
 
 def test_markdown_table_and_results_file(tmp_path):

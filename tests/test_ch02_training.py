@@ -11,14 +11,21 @@ import threading
 import nbformat
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, prepare_model_for_kbit_training
+from peft import (
+    LoraConfig,
+    get_peft_model,
+    get_peft_model_state_dict,
+    prepare_model_for_kbit_training,
+    set_peft_model_state_dict,
+)
+from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from tools.nbexport import load
-from utils.errors import CourseError
 from utils.hub import hub_errors
 from utils.paths import ROOT
-from utils.resume import load_training_state, save_training_state, saved_state
+from utils.resume import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from utils.smoke import fixture_path, tiny_checkpoint
 
 SQUAD = load("02-lora-gptj/01_lora_gptj_squad.ipynb")  # chapter 02's SQuAD code, from its notebook
@@ -89,79 +96,62 @@ def test_gradient_accumulation_steps_once_per_group(batches):
 
 
 def test_a_resumed_run_ends_with_the_uninterrupted_runs_adapter(batches, tmp_path):
+    """The notebook's loop, short: each epoch's batches in the length-grouped sampler's order (drawn from torch's random
+    state), the T4 recipe's fp16 autocast and GradScaler, and the notebook's checkpoint dict saved after every epoch.
+    A fresh model resumed from epoch 1's checkpoint ends with the uninterrupted run's adapter, bit for bit."""
     data, pad = batches
+    examples = [example for batch in data for example in batch]
+    lengths = [len(example["input_ids"]) for example in examples]
 
     def run(epochs, resume_from=None):
         model = lora_model()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
-        start = 0
-        if resume_from is not None:
-            state, best = load_training_state(resume_from, model, optimizer, scaler)
-            torch.set_rng_state(torch.tensor(state["rng"], dtype=torch.uint8))
-            start = state["epoch"]
-            assert set(best) == set(lora_state(model))
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, growth_interval=1)  # its scale moves every step
+        loader = DataLoader(examples, batch_size=4, sampler=LengthGroupedSampler(4, lengths=lengths), collate_fn=list)
+        epochs_done = 0
+        if resume_from is not None:  # as the notebook's resume cell
+            lora = get_peft_model_state_dict(model)
+            checkpoint = load_checkpoint(resume_from, like={"adapter": lora, "best_adapter": lora,
+                                                            "optimizer": optimizer.state_dict()})
+            set_peft_model_state_dict(model, checkpoint["adapter"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scaler.load_state_dict(checkpoint["scaler"])
+            set_rng_state(checkpoint["rng"])
+            epochs_done = checkpoint["epoch"]
         else:
             torch.manual_seed(1)
-        for epoch in range(start + 1, epochs + 1):
-            squad_train_epoch(model, data, optimizer, scaler, grad_accum=2, pad_token_id=pad)
-            save_training_state(tmp_path / f"epoch{epoch}", model, optimizer, scaler,
-                                {"epoch": epoch, "rng": torch.get_rng_state().tolist()}, lora_state(model))
-        return lora_state(model)
+        for epoch in range(epochs_done + 1, epochs + 1):
+            squad_train_epoch(model, list(loader), optimizer, scaler, grad_accum=2, pad_token_id=pad,
+                              amp_dtype=torch.float16)
+            checkpoint = {"adapter": get_peft_model_state_dict(model), "best_adapter": lora_state(model),
+                          "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                          "epoch": epoch, "step": 2 * epoch, "history": {"val": [1.5]}, "best": {"epoch": epoch}}
+            save_checkpoint(tmp_path / f"epoch{epoch}.safetensors", checkpoint)
+        return lora_state(model), scaler.get_scale()
 
-    uninterrupted = run(2)
-    resumed = run(2, resume_from=tmp_path / "epoch1")
-    assert uninterrupted.keys() == resumed.keys()
+    uninterrupted, scale = run(3)
+    resumed, resumed_scale = run(3, resume_from=tmp_path / "epoch1.safetensors")
+    assert uninterrupted.keys() == resumed.keys() and scale == resumed_scale
     assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
-    saved = sorted(p.name for p in (tmp_path / "epoch1").iterdir())
-    assert saved == ["adapter.safetensors", "best_adapter.safetensors", "optimizer.pt", "scaler.pt", "state.json"]
+    assert sorted(load_checkpoint(tmp_path / "epoch1.safetensors")) == [
+        "adapter", "best", "best_adapter", "epoch", "history", "optimizer", "rng", "scaler", "step"]
 
 
-def test_a_crash_while_saving_keeps_the_last_complete_epoch(batches, tmp_path, monkeypatch):
-    model = lora_model()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    save_training_state(tmp_path / "last", model, optimizer, scaler, {"epoch": 1}, lora_state(model))
-
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
-        save_training_state(tmp_path / "last", model, optimizer, scaler, {"epoch": 2}, lora_state(model))
-    monkeypatch.undo()
-    state, _ = load_training_state(tmp_path / "last", model, optimizer, scaler)
-    assert state == {"epoch": 1}
-    with pytest.raises(CourseError, match="no saved epoch"):
-        load_training_state(tmp_path / "nothing", model, optimizer, scaler)
-
-
-@pytest.mark.parametrize("crash_at", [1, 2], ids=["before the old epoch moves aside", "between the two renames"])
-def test_a_crash_while_swapping_in_the_new_epoch_loses_neither(batches, tmp_path, monkeypatch, crash_at):
-    """Replacing a folder takes two renames; a crash at either leaves the old epoch or the new one to resume from."""
-    model = lora_model()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    save_training_state(tmp_path / "last", model, optimizer, scaler, {"epoch": 1}, lora_state(model))
-    real_rename, renames = type(tmp_path).rename, []
-
-    def rename(self, target):
-        renames.append(self.name)
-        if len(renames) == crash_at:
-            raise OSError("power cut")
-        return real_rename(self, target)
-
-    monkeypatch.setattr(type(tmp_path), "rename", rename)
-    with pytest.raises(OSError, match="power cut"):
-        save_training_state(tmp_path / "last", model, optimizer, scaler, {"epoch": 2}, lora_state(model))
-    monkeypatch.undo()
-    assert renames == ["last", "last.tmp"][:crash_at]
-    assert saved_state(tmp_path / "last") == tmp_path / ("last" if crash_at == 1 else "last.old")
-    state, _ = load_training_state(tmp_path / "last", model, optimizer, scaler)
-    assert state == {"epoch": 1}
-    save_training_state(tmp_path / "last", model, optimizer, scaler, {"epoch": 2}, lora_state(model))  # and on
-    assert load_training_state(tmp_path / "last", model, optimizer, scaler)[0] == {"epoch": 2}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last"]
+def test_the_length_grouped_order_follows_torchs_random_state():
+    """transformers' LengthGroupedSampler, as the notebook uses it (no generator), draws each epoch's order from torch's
+    random state, as shuffle=True does: a seed, or the random state a checkpoint restores, fixes it, and the next epoch
+    draws another. Full mode's 2,000 examples in batches of 4 come in groups of 50 batches, each sorted longest first
+    (the first group starts with the longest example of all, so memory runs out at the first step if at all)."""
+    lengths = [(i * 37) % 509 + 1 for i in range(2000)]
+    sampler = LengthGroupedSampler(4, lengths=lengths)
+    torch.manual_seed(3)
+    first = list(sampler)
+    torch.manual_seed(3)
+    assert list(sampler) == first
+    assert list(sampler) != first
+    assert sorted(first) == list(range(2000)) and lengths[first[0]] == max(lengths)
+    groups = [[lengths[i] for i in first[start:start + 200]] for start in range(0, 2000, 200)]
+    assert all(group == sorted(group, reverse=True) for group in groups[1:])
 
 
 def test_a_short_last_group_is_averaged_over_its_own_batches(batches):

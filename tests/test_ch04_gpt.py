@@ -24,6 +24,7 @@ from utils.lessons.gpt import (
     train_model,
 )
 from utils.lessons.instruction_data import InstructionDataset, custom_collate_fn
+from utils.resume import load_checkpoint
 from utils.smoke import fixture_path, tiny_checkpoint
 
 
@@ -159,8 +160,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
         for name, tensor in model.state_dict().items():
             assert torch.equal(tensor, reference[name]), (k, name)
         assert log == full_log
-        state = json.loads((tmp_path / f"ck{k}" / "state.json").read_text())
-        assert state["global_step"] == 15
+        assert load_checkpoint(tmp_path / f"ck{k}" / "checkpoint.safetensors")["global_step"] == 15
 
 
 def test_resume_without_checkpoint_says_what_to_do(tmp_path):

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from utils.ch04_gpt2 import check_gpt_config, config_from_hf, resolve_checkpoint
 from utils.checks import check_int, check_number, check_tensors, load_safetensors, read_json
 from utils.errors import CourseArgumentError, CourseError
-from utils.resume import check_loop_args, epoch_batches, save_training_checkpoint, start_run
+from utils.resume import begin_epoch, check_loop_args, load_checkpoint, rng_state, save_checkpoint
 
 
 class MultiHeadAttention(nn.Module):
@@ -273,28 +273,39 @@ def train_model(model, train_loader, val_loader, optimizer, device, num_epochs, 
                 checkpoint_dir=None, checkpoint_every=None, resume=False, stop_after_steps=None):
     check_loop_args(train_loader, num_epochs, eval_freq, eval_iter, checkpoint_dir, checkpoint_every, resume,
                     stop_after_steps)
-    log, run = start_run(checkpoint_dir, model, optimizer, resume)
+    log = {"train_losses": [], "val_losses": [], "tokens_seen": [], "steps": []}
+    global_step, tokens_seen, first_epoch, resumed = 0, 0, 0, None
+    if resume:  # everything the checkpoint holds (written below) goes back in place
+        resumed = load_checkpoint(os.path.join(checkpoint_dir, "checkpoint.safetensors"),
+                                  like={"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        log, global_step, tokens_seen = resumed["log"], resumed["global_step"], resumed["tokens_seen"]
+        first_epoch = resumed["epoch"]  # (begin_epoch finds there how many of its batches were done)
     model.train()
-    bar = tqdm(total=num_epochs * len(train_loader), initial=run["global_step"], desc="training")
-    for epoch in range(run["epoch"], num_epochs):
-        batches, first = epoch_batches(train_loader, run, epoch)
-        for step_in_epoch, (input_batch, target_batch) in enumerate(batches, start=first):
+    bar = tqdm(total=num_epochs * len(train_loader), initial=global_step, desc="training")
+    for epoch in range(first_epoch, num_epochs):
+        epoch_rng, batches = begin_epoch(train_loader, resumed if epoch == first_epoch else None)
+        for i, (input_batch, target_batch) in batches:  # i: the batch's place in the epoch
             optimizer.zero_grad()
             loss = calc_loss_batch(input_batch, target_batch, model, device)
             loss.backward()
             optimizer.step()
-            run["tokens_seen"] += input_batch.numel()
-            run["global_step"] += 1
+            tokens_seen += input_batch.numel()
+            global_step += 1
             bar.update(1)
-            if run["global_step"] % eval_freq == 0:  # train and validation loss on eval_iter batches each
+            if global_step % eval_freq == 0:  # train and validation loss on eval_iter batches each
                 train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
-                for key, value in zip(log, (train_loss, val_loss, run["tokens_seen"], run["global_step"]), strict=True):
+                for key, value in zip(log, (train_loss, val_loss, tokens_seen, global_step), strict=True):
                     log[key].append(value)
                 bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
-            stop = stop_after_steps is not None and run["global_step"] >= stop_after_steps
-            last = epoch + 1 == num_epochs and step_in_epoch + 1 == len(train_loader)
-            if checkpoint_dir is not None and (stop or last or (checkpoint_every and run["global_step"] % checkpoint_every == 0)):
-                save_training_checkpoint(checkpoint_dir, model, optimizer, run, log, epoch, step_in_epoch, len(train_loader))
+            stop = stop_after_steps is not None and global_step >= stop_after_steps
+            last = epoch + 1 == num_epochs and i + 1 == len(train_loader)
+            if checkpoint_dir is not None and (stop or last or (checkpoint_every and global_step % checkpoint_every == 0)):
+                checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "log": log,
+                              "global_step": global_step, "tokens_seen": tokens_seen, "epoch": epoch,
+                              "batches_done": i + 1, "epoch_rng": epoch_rng, "rng": rng_state()}
+                save_checkpoint(os.path.join(checkpoint_dir, "checkpoint.safetensors"), checkpoint)
             if stop:  # an interruption, simulated
                 bar.close()
                 return log
