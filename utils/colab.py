@@ -1,9 +1,7 @@
-"""What the setup cell does on Colab after cloning the course: install the ML stack at its tested pins
-(requirements-colab.txt) and nothing that Colab's runtime provides for itself, so that its kernel, front end,
-torch and data packages stay as Google installed them.
-
-Run twice, it installs nothing the second time and says so. If pip replaces a package that the running kernel has
-already imported, it stops and asks for a restart: the old version would otherwise stay in memory.
+"""What the setup cell does on Colab after cloning the course, as `make setup` does elsewhere: install the ML stack at
+its tested pins (requirements-colab.txt), leaving Colab's kernel, front end, torch and data packages as Google installed
+them, and build the tiny checkpoints. Run twice, it changes nothing the second time; if pip replaced a package the
+kernel had already imported, it asks for a restart (the old version would stay in memory).
 """
 
 from __future__ import annotations
@@ -13,11 +11,13 @@ import importlib.metadata
 import re
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 from utils.errors import CourseError
-from utils.machine import normalise_name, pinned_versions, version_mismatches
+from utils.machine import pinned_versions, version_mismatches
 from utils.paths import ROOT
 
 MIN_PYTHON = (3, 10)
@@ -53,9 +53,8 @@ def installed_versions() -> dict[str, str]:
     importlib.invalidate_caches()
     found: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
-        name = normalise_name(dist.metadata["Name"] or "")
-        if name:
-            found.setdefault(name, dist.version)
+        found.setdefault(canonicalize_name(dist.metadata["Name"] or ""), dist.version)
+    found.pop("", None)  # a broken distribution without a name
     return found
 
 
@@ -63,19 +62,29 @@ def stale_modules(changed: Iterable[str], loaded: Iterable[str]) -> list[str]:
     """Top-level modules, among `loaded`, that belong to a distribution in `changed` (normalised names): the running
     kernel holds their old code."""
     changed, loaded = set(changed), {name.partition(".")[0] for name in loaded}
-    owners: Mapping[str, list[str]] = importlib.metadata.packages_distributions()
+    owners = importlib.metadata.packages_distributions()
     return sorted(module for module in loaded
-                  if any(normalise_name(dist) in changed for dist in owners.get(module, ())))
+                  if any(canonicalize_name(dist) in changed for dist in owners.get(module, ())))
+
+
+def build_tiny_checkpoints() -> None:
+    """Build the tiny checkpoints as `make setup` does (seconds): chapters 01 and 02 load them in full mode too."""
+    done = subprocess.run([sys.executable, "-m", "tools.tiny_checkpoints"], cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise CourseError(f"`python -m tools.tiny_checkpoints` failed in {ROOT}:\n{done.stderr.strip()[-500:]}")
+    print(done.stdout.strip())
 
 
 def install_course_stack(requirements: Path = COLAB_REQUIREMENTS) -> dict[str, tuple[str | None, str]]:
-    """Install what `requirements` pins and this runtime lacks; return {package: (old version or None, new)}."""
+    """Install what `requirements` pins and this runtime lacks, then build the tiny checkpoints; return {package:
+    (old version or None, new)}."""
     check_runtime(sys.version_info[:2], installed_versions().get("torch"), torch_range())
     pins = pinned_versions(requirements)
     todo = [f"{name}=={want}" for name, (_, want) in version_mismatches(pins).items()]
     if not todo:
         print(f"The course's ML stack is already installed ({', '.join(f'{n} {v}' for n, v in pins.items())}): "
               f"nothing changed.")
+        build_tiny_checkpoints()
         return {}
     before = installed_versions()
     print(f"Installing {' '.join(todo)} (Colab's own torch, kernel and data packages stay as they are) ...")
@@ -98,4 +107,5 @@ def install_course_stack(requirements: Path = COLAB_REQUIREMENTS) -> dict[str, t
         raise CourseError(f"the running kernel had already imported {', '.join(stale)} before pip replaced them: "
                           f"restart the runtime (Runtime -> Restart session), then run the notebook again (this cell "
                           f"will find everything installed)")
+    build_tiny_checkpoints()
     return changed
