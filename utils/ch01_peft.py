@@ -251,11 +251,11 @@ def label_accuracy(model, tokenizer, pairs: list[tuple[str, str]]) -> float:
 def load_base(model_id: str, device=None, seed: int = 0):
     """The frozen base model in fp32 on `device` (CUDA when present); seeded, so every call builds the same model."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, set_seed
 
-    from utils.machine import pick_device, seed_everything
+    from utils.machine import pick_device
 
-    seed_everything(seed)
+    set_seed(seed)
     with hub_errors(model_id):
         model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.float32)
     return model.to(device or pick_device())
