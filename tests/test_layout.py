@@ -69,3 +69,13 @@ def test_generated_modules_live_in_utils_lessons_alone() -> None:
     lessons = {p for p in (ROOT / "utils" / "lessons").glob("*.py") if p.name != "__init__.py"}
     assert generated == lessons, (f"generated outside utils/lessons/: {sorted(map(str, generated - lessons))}; "
                                   f"hand-written inside it: {sorted(map(str, lessons - generated))}")
+
+
+def test_the_package_map_names_every_hand_written_module() -> None:
+    """utils/__init__.py's map of the package, one line per module, lists exactly the hand-written modules."""
+    import utils
+
+    listed = {name.strip() for line in re.findall(r"^- ([\w, ]+):", utils.__doc__, re.MULTILINE)
+              for name in line.split(",")}
+    modules = {p.stem for p in (ROOT / "utils").glob("*.py")} - {"__init__"}
+    assert listed == modules, f"utils/__init__.py's map: add {sorted(modules - listed)}, drop {sorted(listed - modules)}"
