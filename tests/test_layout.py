@@ -71,11 +71,15 @@ def test_generated_modules_live_in_utils_lessons_alone() -> None:
                                   f"hand-written inside it: {sorted(map(str, lessons - generated))}")
 
 
-def test_the_package_map_names_every_hand_written_module() -> None:
-    """utils/__init__.py's map of the package, one line per module, lists exactly the hand-written modules."""
+def test_the_maps_name_every_hand_written_module() -> None:
+    """utils/__init__.py's map of the package lists exactly the hand-written modules; CONTRIBUTING.md's layout names
+    each of them."""
     import utils
 
     listed = {name.strip() for line in re.findall(r"^- ([\w, ]+):", utils.__doc__, re.MULTILINE)
               for name in line.split(",")}
     modules = {p.stem for p in (ROOT / "utils").glob("*.py")} - {"__init__"}
     assert listed == modules, f"utils/__init__.py's map: add {sorted(modules - listed)}, drop {sorted(listed - modules)}"
+    contributing = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    layout = contributing[contributing.index("## Where code lives"):contributing.index("Where new things go")]
+    assert not [m for m in modules if not re.search(rf"\b{m}\b", layout)], "CONTRIBUTING.md's layout lacks a module"
