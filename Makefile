@@ -17,7 +17,7 @@ TEST_ENV := env -u MPLBACKEND COURSE_SMOKE=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLIN
 	TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0 OMP_NUM_THREADS=1
 CHAPTERS := $(wildcard [0-9][0-9]-*/)
 
-.PHONY: setup run test unit notebooks lint strip sync lab bench clean help gpt2-bpe full-check gpu-wheels
+.PHONY: setup tiny-checkpoints run test unit notebooks lint strip sync lab bench clean help gpt2-bpe full-check gpu-wheels
 
 help:
 	@echo "make run    execute every notebook into build/ (smoke mode without a GPU and the Hub; FULL=1 for real models)"
@@ -25,7 +25,7 @@ help:
 	@echo "make lab    JupyterLab on 127.0.0.1:8888;  make bench  benchmarks;  make strip  clean notebook outputs"
 	@echo "make full-check  every notebook's full-mode path at the real models' widths, on the CPU, offline"
 
-setup: $(STAMP)
+setup: $(STAMP) tiny-checkpoints
 
 $(STAMP): requirements.txt requirements-colab.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed, found " + sys.version)'
@@ -42,7 +42,11 @@ $(STAMP): requirements.txt requirements-colab.txt requirements-dev.txt pyproject
 	$(PY) -m pip install -q --no-deps -e . || { echo "pip could not install the course itself (pyproject.toml)"; exit 1; }
 	@touch $(STAMP)
 
-run: $(STAMP)
+# The tiny checkpoints smoke mode runs on, built once into .cache/tiny/ (rebuilt only when their corpus files change).
+tiny-checkpoints: $(STAMP)
+	$(PY) -m tools.tiny_checkpoints
+
+run: tiny-checkpoints
 	env -u MPLBACKEND $(if $(FULL),COURSE_SMOKE=0) $(PY) -m tools.run_notebooks $(if $(FULL),--full)
 
 # The real GPT-2 BPE, from the openai-whisper sdist on PyPI (cached in .cache/real-width/; before the offline tests).
@@ -51,18 +55,18 @@ gpt2-bpe: $(STAMP)
 
 # Every notebook's full-mode path at the real models' widths, on this CPU, offline; records docs/times.json and
 # docs/TIMES.md. Two threads: the real widths gain from them (smoke mode's tiny models do not).
-full-check: $(STAMP) gpt2-bpe
+full-check: tiny-checkpoints gpt2-bpe
 	env -u MPLBACKEND $(PY) -m tools.full_check --threads 2
 
-test: $(STAMP) gpt2-bpe
+test: tiny-checkpoints gpt2-bpe
 	$(PY) -m ruff check .
 	$(PY) -m tools.nbtools check
 	$(TEST_ENV) $(PY) -m pytest tests $(CHAPTERS) --nbmake --nbmake-timeout=900 --timeout=900 --durations=15
 
-unit: $(STAMP) gpt2-bpe
+unit: tiny-checkpoints gpt2-bpe
 	$(TEST_ENV) $(PY) -m pytest tests
 
-notebooks: $(STAMP)
+notebooks: tiny-checkpoints
 	$(TEST_ENV) $(PY) -m pytest $(CHAPTERS) --nbmake --nbmake-timeout=900 --durations=0
 
 lint: $(STAMP)
@@ -77,7 +81,7 @@ sync: $(STAMP)
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.open_browser=False
 
-bench: $(STAMP)
+bench: tiny-checkpoints
 	$(TEST_ENV) OMP_NUM_THREADS=$$(nproc) $(PY) -m bench.run  # benchmarks use every core
 
 # The wheels bench/gpu_device.sh installs on a GPU machine that lacks them (CPython 3.12, x86-64): about 45 MB.

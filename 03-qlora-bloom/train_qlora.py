@@ -23,7 +23,7 @@ from pathlib import Path
 from utils.ch03_qlora import adapters_to_fp32, load_prompt_dataset, require_4bit_support
 from utils.checks import check_target_modules
 from utils.hub import hub_errors
-from utils.machine import pick_dtype, seed_everything
+from utils.machine import pick_dtype
 
 
 def _positive(kind):
@@ -89,14 +89,14 @@ def main(argv=None) -> int:
     data = load_prompt_dataset(args.data, column=args.column, limit=args.limit)
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, set_seed
     from trl import SFTConfig, SFTTrainer
 
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1  # started by torchrun / accelerate launch
     on_gpu = torch.cuda.is_available()
     device = torch.device("cuda", local_rank) if on_gpu else torch.device("cpu")
-    seed_everything(args.seed)
+    set_seed(args.seed)
     require_4bit_support(device)
     dtype = pick_dtype(device)
 

@@ -1,7 +1,8 @@
 """Every test runs offline in smoke mode, and any attempt to reach the network fails at once.
 
 The Hub libraries read HF_HUB_OFFLINE and friends once, at import, so they are set here, before any test module
-imports them (`make test` sets them too, for the notebook kernels it starts).
+imports them (`make test` sets them too, for the notebook kernels it starts). The tiny checkpoints are built at the
+start of the session where `make setup` has not built them (a no-op when they are there).
 """
 
 from __future__ import annotations
@@ -30,3 +31,9 @@ def _guarded_connect(sock: socket.socket, address) -> None:
 
 
 socket.socket.connect = _guarded_connect
+
+
+def pytest_sessionstart(session) -> None:
+    from tools.tiny_checkpoints import build_missing
+
+    build_missing()

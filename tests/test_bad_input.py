@@ -27,7 +27,6 @@ from utils.errors import CourseArgumentError, CourseError
 from utils.hub import hub_errors, hub_failure
 from utils.lessons.gpt import GPTModel, calc_loss_loader, generate, load_gpt2, train_model
 from utils.lessons.instruction_data import custom_collate_fn, split_data
-from utils.machine import seed_everything
 from utils.memory_budget import memory_budget
 from utils.real_models import meta_model
 from utils.resume import load_checkpoint, save_checkpoint
@@ -404,7 +403,6 @@ ARGUMENTS = [  # (id, call on a fresh tiny GPTModel, the message)
      r"temperature must be a finite number >= 0, got nan"),
     ("a sequence above the context", lambda m: m(torch.zeros(1, 17, dtype=torch.long)),
      r"a sequence of 17 tokens is longer than the model's context_length \(16\)"),
-    ("seed -1", lambda m: seed_everything(-1), r"seed_everything\(\): seed must be an integer >= 0"),
     ("prompts limit 0", lambda m: load_prompt_dataset(str(fixture_path("prompts")), limit=0),
      r"load_prompt_dataset\(\): limit must be an integer >= 1 \(or None\), got 0"),
     ("SQuAD n 0", lambda m: load_squad(fixture_path("squad_train"), "train", n=0), r"load_squad\(\): n must be"),

@@ -15,12 +15,13 @@ import bitsandbytes
 import nbformat
 import pytest
 import torch
+from bitsandbytes.functional import has_avx512bf16
 from bitsandbytes.nn import Linear4bit
 from nbclient import NotebookClient
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-from utils.ch03_qlora import cpu_repacks_4bit, is_repacked, keep_4bit_trainable
+from utils.ch03_qlora import is_repacked, keep_4bit_trainable
 from utils.errors import CourseError
 from utils.paths import ROOT
 from utils.smoke import tiny_checkpoint
@@ -28,7 +29,7 @@ from utils.smoke import tiny_checkpoint
 BNB = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                          bnb_4bit_compute_dtype=torch.float32)
 NEEDS_AVX512_BF16 = pytest.mark.skipif(
-    not cpu_repacks_4bit(),
+    not has_avx512bf16(),
     reason="this CPU has no AVX512-BF16, so bitsandbytes never repacks 4-bit weights here: that path cannot run on "
            "this machine (the forced-off path above is the one it takes)")
 

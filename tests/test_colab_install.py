@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 
 from tests.machine import PYTHON_313, needs
-from utils.machine import normalise_name, pinned_versions
+from utils.machine import pinned_versions
 from utils.paths import ROOT
 
 COLAB_SNAPSHOT = "2026-08-19"  # data/colab/README.md says where it comes from and how to refresh it
@@ -52,7 +53,7 @@ def colab_packages() -> dict[str, str]:
     found = {}
     for line in FREEZE.read_text(encoding="utf-8").splitlines():
         if match := re.match(r"^([A-Za-z0-9_.\-]+)==(\S+)$", line.strip()):
-            found[normalise_name(match.group(1))] = match.group(2)
+            found[canonicalize_name(match.group(1))] = match.group(2)
     return found
 
 
@@ -62,13 +63,13 @@ def broken_by(plan: dict[str, str], requires: dict[str, dict]) -> list[str]:
 
     broken = []
     for package, info in requires.items():
-        if normalise_name(package) in plan:
+        if canonicalize_name(package) in plan:
             continue  # the install replaces this package itself
         for line in info["requires"]:
             requirement = Requirement(line)
             if requirement.marker is not None and not requirement.marker.evaluate(COLAB_MARKERS):
                 continue
-            new = plan.get(normalise_name(requirement.name))
+            new = plan.get(canonicalize_name(requirement.name))
             if new is not None and not requirement.specifier.contains(new, prereleases=True):
                 broken.append(f"{package} {info['version']} requires {line}, the install brings {new}")
     return broken
@@ -136,7 +137,7 @@ def test_pip_resolves_the_colab_set_on_colabs_runtime(tmp_path):
                           "--disable-pip-version-check", "--report", str(report), "-r", str(ROOT / "requirements-colab.txt"),
                           "-c", str(constraints)], capture_output=True, text=True, env=env, timeout=600)
     assert pip.returncode == 0, f"pip cannot install requirements-colab.txt on Colab's runtime:\n{pip.stderr[-3000:]}"
-    plan = {normalise_name(item["metadata"]["name"]): item["metadata"]["version"]
+    plan = {canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"]
             for item in json.loads(report.read_text())["install"]}
     moved = {name: (packages[name], version) for name, version in plan.items() if name in packages}
     print("Colab packages the install moves:", moved)

@@ -20,6 +20,7 @@ from machine import PYTHON_313, needs
 from nbclient import NotebookClient
 
 from tools.nbtools import COLAB_DIR, setup_source
+from tools.tiny_checkpoints import BUILDS
 from utils.colab import MIN_PYTHON, check_runtime, torch_range
 from utils.errors import CourseError
 from utils.paths import REPO_URL, ROOT
@@ -117,6 +118,7 @@ def test_setup_cell_clones_installs_what_is_missing_and_a_second_run_changes_not
     assert "Installing course-standin-package==1.0 (Colab's own torch" in first
     assert "Installed: course-standin-package (new) -> 1.0" in first
     assert "already installed" in again and "nothing changed" in again
+    assert f"tiny checkpoints: {len(BUILDS)} built" in first and "(all there already)" in again  # as make setup
     assert used.strip() == str(content / "utils" / "__init__.py")  # the notebook's imports work, from the clone
     assert pip_calls == [["install", "--quiet", "--no-deps", "--editable", str(content)],  # the course, once
                          ["install", "--quiet", "course-standin-package==1.0"]]  # only what was missing, once

@@ -27,15 +27,6 @@ def test_device_follows_cuda(monkeypatch, cuda: bool) -> None:
     assert machine.pick_device() == torch.device("cuda" if cuda else "cpu")
 
 
-def test_seeding_repeats_random_numbers() -> None:
-    machine.seed_everything(7)
-    first = torch.rand(3)
-    machine.seed_everything(7)
-    assert torch.equal(first, torch.rand(3))
-    machine.seed_everything(8)
-    assert not torch.equal(first, torch.rand(3))
-
-
 def test_pins_are_read_and_mismatches_reported(tmp_path) -> None:
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# the stack\ntorch>=2.6,<2.16\npytest==0.0.1  # wrong on purpose\nNot_A-Package==1.0\n")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import shutil
 
 import pytest
@@ -10,8 +12,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from tools import tiny_checkpoints
+from tools.nbexport import load
 from utils import smoke
+from utils.ch01_peft import LABELS, REVIEW_PROMPT
 from utils.errors import CourseError
+from utils.lessons.instruction_data import ALPACA_TEMPLATE
+from utils.lessons.peft_recipes import prompt_tuning_recipe
 
 REAL_MODULES = {  # module names LoRA targets in the real models
     "gpt2": ["c_attn", "c_proj", "c_fc"],
@@ -23,7 +29,7 @@ CLASSES = {"gpt2": "GPT2LMHeadModel", "gptj": "GPTJForCausalLM", "bloom": "Bloom
            "llama": "LlamaForCausalLM"}
 
 
-@pytest.mark.parametrize("arch", sorted(tiny_checkpoints.TINY_SPECS))
+@pytest.mark.parametrize("arch", smoke.ARCHS)
 def test_tiny_checkpoint_has_the_real_architecture(arch: str) -> None:
     path = smoke.tiny_checkpoint(arch)
     model = AutoModelForCausalLM.from_pretrained(path)
@@ -40,7 +46,7 @@ def test_tiny_checkpoint_has_the_real_architecture(arch: str) -> None:
             assert module.in_features % 64 == 0 and module.out_features % 32 == 0, name
 
 
-@pytest.mark.parametrize("arch", sorted(tiny_checkpoints.TINY_SPECS))
+@pytest.mark.parametrize("arch", smoke.ARCHS)
 def test_tiny_tokenizer_round_trips_and_model_generates(arch: str) -> None:
     path = smoke.tiny_checkpoint(arch)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -64,26 +70,69 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path) -> Non
     assert (first / "tokenizer.json").read_bytes() == (other / "tokenizer.json").read_bytes()
 
 
-def test_checkpoint_is_built_once_and_reused(tmp_path, monkeypatch) -> None:
+def test_a_checkpoint_is_built_once_found_and_a_missing_one_names_the_command(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
-    calls = []
-    real_build = tiny_checkpoints.build_tiny_checkpoint
-    monkeypatch.setattr(tiny_checkpoints, "build_tiny_checkpoint", lambda *a, **k: calls.append(a) or real_build(*a, **k))
-    assert smoke.tiny_checkpoint("gpt2") == smoke.tiny_checkpoint("gpt2")
-    assert len(calls) == 1
+    with pytest.raises(CourseError, match=r"tiny gpt2 checkpoint \(seed 0\) is not built: run `python -m tools\.tiny_checkpoints` in"):
+        smoke.tiny_checkpoint("gpt2")
+    with pytest.raises(CourseError, match=r"run `python -m tools\.tiny_checkpoints bloom --seed 5`"):
+        smoke.tiny_checkpoint("bloom", seed=5)
+    assert tiny_checkpoints.build_missing([("gpt2", 0)]) == [smoke.checkpoint_folder("gpt2")]
+    assert tiny_checkpoints.build_missing([("gpt2", 0)]) == []  # built once, then kept
+    assert smoke.tiny_checkpoint("gpt2") == str(smoke.checkpoint_folder("gpt2"))
+    assert tiny_checkpoints.TINY_SPECS.keys() == set(smoke.ARCHS)
 
 
 def test_corrupt_cache_says_what_to_delete(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    tiny_checkpoints.build_missing([("gpt2", 0)])
     path = smoke.tiny_checkpoint("gpt2")
     with open(f"{path}/model.safetensors", "r+b") as f:
         f.seek(100)
         f.write(b"\x00\x01\x02")
-    with pytest.raises(CourseError, match=r"corrupt.*rm -rf"):
+    with pytest.raises(CourseError, match=r"corrupt.*rm -rf.*python -m tools\.tiny_checkpoints"):
         smoke.tiny_checkpoint("gpt2")
-    (tmp_path / "x").mkdir()
     shutil.rmtree(path)
-    assert smoke.tiny_checkpoint("gpt2") == path  # deleting it, as the message says, rebuilds it
+    tiny_checkpoints.main([])  # deleting it and running the command, as the message says, rebuilds it
+    assert smoke.tiny_checkpoint("gpt2") == path
+
+
+def test_a_checkpoint_depends_on_the_corpus_files_never_on_a_chapters_code(tmp_path, monkeypatch) -> None:
+    read = []
+    monkeypatch.setattr(tiny_checkpoints, "fixture_path", lambda name: read.append(name) or smoke.fixture_path(name))
+    tiny_checkpoints.corpus()
+    assert read == list(smoke.CORPUS_FIXTURES)  # the builder reads exactly the files the fingerprint hashes
+    before = {arch: smoke.fingerprint(arch, 0) for arch in smoke.ARCHS}
+    monkeypatch.setitem(ALPACA_TEMPLATE, "preamble", "Another preamble.")  # a chapter edits its prompt
+    assert {arch: smoke.fingerprint(arch, 0) for arch in smoke.ARCHS} == before
+    fixtures = shutil.copytree(smoke.FIXTURES_DIR, tmp_path / "fixtures")
+    monkeypatch.setattr(smoke, "FIXTURES_DIR", fixtures)
+    (fixtures / smoke.FIXTURES["rotten_tomatoes_train"]).write_text('{"text": "fine", "label": 1}\n')
+    assert smoke.fingerprint("gpt2", 0) == before["gpt2"]  # a fixture outside the corpus changes nothing
+    with (fixtures / smoke.FIXTURES["tiny_corpus"]).open("a") as corpus:
+        corpus.write("Another preamble.\n")
+    assert smoke.fingerprint("gpt2", 0) != before["gpt2"]
+    assert smoke.fingerprint("gpt2", 1) != smoke.fingerprint("gpt2", 0) != smoke.fingerprint("gptj", 0)
+
+
+def _template_text(template: str) -> list[str]:
+    """The fixed pieces of a prompt template between its {placeholders}, stripped."""
+    return [piece.strip() for piece in re.split(r"\{\w+\}", template) if piece.strip()]
+
+
+def test_the_corpus_holds_every_chapters_fixed_prompt_text() -> None:
+    """The tiny tokenizers learn the chapters' fixed prompt words from the corpus file, where each is copied once:
+    a chapter that changes its prompt copies the new text there (and every tiny checkpoint is rebuilt once)."""
+    squad = load("02-lora-gptj/01_lora_gptj_squad.ipynb")
+    fixed = {
+        "01-peft-setup (utils/ch01_peft.py)": [*_template_text(REVIEW_PROMPT), *LABELS],
+        "01-peft-setup (prompt_tuning_recipe's init_text)": [
+            inspect.signature(prompt_tuning_recipe).parameters["init_text"].default],
+        "02-lora-gptj": [*_template_text(squad.PROMPT_TEMPLATE), squad.INSTRUCTION, squad.NO_ANSWER],
+        "04-instruction-gpt2 (ALPACA_TEMPLATE)": [text.strip() for text in ALPACA_TEMPLATE.values()],
+    }
+    corpus = smoke.fixture_path("tiny_corpus").read_text(encoding="utf-8")
+    missing = [f"{chapter}: {text!r}" for chapter, texts in fixed.items() for text in texts if text not in corpus]
+    assert not missing, f"copy into {smoke.FIXTURES['tiny_corpus']}: " + "; ".join(missing)
 
 
 def test_unknown_architecture_and_missing_fixture_are_clear(tmp_path, monkeypatch) -> None:

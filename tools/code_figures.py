@@ -5,7 +5,9 @@ of an older commit gives the "before"):
 - utils/'s lines, hand-written and generated (`make sync` writes the generated ones from `#| export` cells);
 - hand-kept copies: functions and classes that a notebook defines and a hand-written utils module defines again;
 - per chapter: the notebooks' code lines (non-blank, non-comment, the generated setup cell left out), and the
-  hand-written utils modules they import directly, with their lines.
+  hand-written utils modules they import directly, with their lines;
+- utils/'s import graph: each module and the course modules it imports (utils, tools, bench), lazy imports too
+  (tests/test_layout.py checks it: no cycle, no utils -> tools edge, chapters apart).
 """
 
 from __future__ import annotations
@@ -29,6 +31,36 @@ def code_lines(source: str) -> int:
 def definitions(source: str) -> set[str]:
     tree = ast.parse(MAGIC.sub(r"\1pass", source))
     return {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef)}
+
+
+def module_name(root: Path, path: Path) -> str:
+    """The dotted name of the module at `path` ("utils" for utils/__init__.py)."""
+    parts = path.relative_to(root).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_module(root: Path, dotted: str) -> bool:
+    path = root.joinpath(*dotted.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def import_graph(root: Path, packages: tuple[str, ...] = ("utils", "tools", "bench")) -> dict[str, list[str]]:
+    """{utils module: the modules of `packages` it imports}, anywhere in its code (a function's lazy import too)."""
+    graph = {}
+    for path in sorted((root / "utils").rglob("*.py")):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    raise ValueError(f"{path}: a relative import; the course imports by full name (utils.x)")
+                # `from utils import smoke` imports the module utils.smoke; `from utils.smoke import x`, utils.smoke
+                found |= {f"{node.module}.{a.name}" if _is_module(root, f"{node.module}.{a.name}") else node.module
+                          for a in node.names}
+        name = module_name(root, path)
+        graph[name] = sorted(m for m in found if m.split(".")[0] in packages and m != name)
+    return graph
 
 
 def figures(root: Path) -> dict:
@@ -61,6 +93,7 @@ def figures(root: Path) -> dict:
         "generated modules": sorted(set(modules) - set(hand)),
         "hand-kept copies": copies,
         "chapters": chapters,
+        "import graph": import_graph(root),
     }
 
 

@@ -71,6 +71,11 @@ def setup_source() -> str:
         "    from utils.colab import install_course_stack\n"
         "\n"
         "    install_course_stack()\n"
+        "    # Chapters 01 and 02 load tiny local checkpoints in full mode too (a support matrix, a merge demo).\n"
+        '    built = subprocess.run([sys.executable, "-m", "tools.tiny_checkpoints"], cwd=ROOT, capture_output=True, text=True)\n'
+        "    if built.returncode != 0:\n"
+        '        raise RuntimeError(f"could not build the tiny checkpoints: {built.stderr.strip()[-500:]}")\n'
+        "    print(built.stdout.strip())\n"
         'elif importlib.util.find_spec("utils") is None:\n'
         '    raise RuntimeError("this kernel\'s Python does not have the course installed: run `make setup` in the course "\n'
         '                       "folder and choose its .venv as the kernel (or run `pip install -e .` there)")'

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tools.nbtools import notebooks
+from tools.tiny_checkpoints import build_missing
 from utils.paths import BUILD_DIR, ROOT
 
 KEY_FIGURE = re.compile(r"^Key figure: (.+)$", re.MULTILINE)
@@ -148,6 +149,7 @@ def execute(path: Path, out_dir: Path, cell_timeout_s: int, parameters: dict[str
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
     from nbconvert import HTMLExporter
 
+    build_missing()  # the tiny checkpoints the notebooks load, where `make setup` has not built them
     nb = nbformat.read(str(path), as_version=4)
     if parameters or full_mode_constants:
         inject_parameters(nb, parameters or {}, full_mode_constants)

@@ -1,27 +1,27 @@
-"""The tiny checkpoints smoke mode runs on: real architectures at hidden size 64, built locally, byte for byte
-reproducible (utils.smoke.tiny_checkpoint calls this on first use).
+"""Build the tiny checkpoints smoke mode runs on: real architectures at hidden size 64, byte for byte reproducible.
 
-Each tiny model gets a byte-level BPE tokenizer trained on the course's fixture text and the prompt templates' fixed
-words, and is saved with `save_pretrained` in the cache; the same seed gives identical bytes.
+    python -m tools.tiny_checkpoints                 # what the course uses (`make setup` runs this): every
+                                                     # architecture at seed 0, and BLOOM at seed 1 (a test needs two)
+    python -m tools.tiny_checkpoints bloom --seed 3  # one more
+
+Each is saved with `save_pretrained` into the folder utils.smoke.checkpoint_folder names, where
+utils.smoke.tiny_checkpoint finds it. Each gets a byte-level BPE tokenizer trained on the corpus that utils.smoke
+names (fixture text, and the chapters' fixed prompt text copied once into data/fixtures/tiny_tokenizer_corpus.txt);
+the same seed gives identical bytes. Folders already built are kept.
 """
 
 from __future__ import annotations
 
-import hashlib
+import argparse
 import json
 import os
-import re
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.nbexport import load
-from utils.errors import CourseError
-from utils.lessons.instruction_data import ALPACA_TEMPLATE
-from utils.smoke import fixture_path
+from utils.smoke import ARCHS, CORPUS_FIXTURES, checkpoint_folder, fixture_path, manifest
 
-#: Bump when the builder changes what it writes, so old caches are rebuilt rather than reused.
-BUILDER_VERSION = 3
 TOKENIZER_VOCAB = 1024  # a multiple of 64, like every size of these models (bitsandbytes' CPU kernels want that)
 HIDDEN = 64
 LAYERS = 2
@@ -31,6 +31,10 @@ CONTEXT = 256
 # distributions that a frozen model's inputs (a soft prompt, a prefix, IA3's scales) can barely move, so the
 # prompt-learning methods would show no learning in smoke mode. At 0.2 the tiny models respond to their inputs.
 INIT_STD = 0.2
+#: What `python -m tools.tiny_checkpoints` builds: every architecture at seed 0; BLOOM at seed 1 too, for the test
+#: that an adapter refuses another base model.
+BUILDS = [*((arch, 0) for arch in ARCHS), ("bloom", 1)]
+
 
 @dataclass(frozen=True)
 class TinySpec:
@@ -57,39 +61,27 @@ TINY_SPECS: dict[str, TinySpec] = {
 }
 
 
-def spec(arch: str) -> TinySpec:
-    """How `arch` is built; an unknown architecture is a CourseError listing the ones that exist."""
-    if arch not in TINY_SPECS:
-        raise CourseError(f"unknown architecture {arch!r}; tiny checkpoints exist for: {', '.join(TINY_SPECS)}")
-    return TINY_SPECS[arch]
-
-
-def _corpus() -> list[str]:
-    """The fixture text the tiny tokenizers are trained on: every fixture the course ships."""
-    texts = [fixture_path("story").read_text(encoding="utf-8")]
-    for record in json.loads(fixture_path("instructions").read_text(encoding="utf-8")):
-        texts.extend([record["instruction"], record["input"], record["output"]])
-    for split in ("squad_train", "squad_validation"):
-        for article in json.loads(fixture_path(split).read_text(encoding="utf-8"))["data"]:
-            for paragraph in article["paragraphs"]:
-                texts.append(paragraph["context"])
-                texts.extend(qa["question"] for qa in paragraph["qas"])
-    texts.append(fixture_path("prompts").read_text(encoding="utf-8"))
-    texts.append(fixture_path("reviews").read_text(encoding="utf-8"))
-    # The prompt templates' fixed words, so that they are whole tokens, as they are in the real vocabularies: read
-    # from the constants the chapters define (chapter 04's Alpaca template, chapter 02's SQuAD prompt), never retyped.
-    # The Alpaca headers stand one per line, as this corpus has always had them: the same text, the same checkpoints.
-    alpaca = ALPACA_TEMPLATE["preamble"] + ALPACA_TEMPLATE["instruction"] + "".join(
-        ALPACA_TEMPLATE[part].lstrip("\n") for part in ("input", "response"))
-    squad = load("02-lora-gptj/01_lora_gptj_squad.ipynb")
-    INSTRUCTION, NO_ANSWER, PROMPT_TEMPLATE = squad.INSTRUCTION, squad.NO_ANSWER, squad.PROMPT_TEMPLATE  # noqa: N806
-    squad_words = " ".join([INSTRUCTION, *re.findall(r"\w+:", PROMPT_TEMPLATE), NO_ANSWER])
-    texts.append(alpaca + squad_words)
+def corpus() -> list[str]:
+    """The texts the tiny tokenizers are trained on, read from utils.smoke's CORPUS_FIXTURES only (the fingerprint
+    hashes those files): the fixtures' text fields, and the plain text files whole."""
+    texts = []
+    for name in CORPUS_FIXTURES:
+        path = fixture_path(name)
+        if path.suffix != ".json":
+            texts.append(path.read_text(encoding="utf-8"))
+        elif name == "instructions":
+            texts.extend(r[field] for r in json.loads(path.read_text(encoding="utf-8"))
+                         for field in ("instruction", "input", "output"))
+        else:  # SQuAD: the contexts and the questions
+            for article in json.loads(path.read_text(encoding="utf-8"))["data"]:
+                for paragraph in article["paragraphs"]:
+                    texts.append(paragraph["context"])
+                    texts.extend(qa["question"] for qa in paragraph["qas"])
     return texts
 
 
 def _train_tokenizer(how: TinySpec):
-    """A byte-level BPE tokenizer (the GPT-2 / BLOOM kind) trained on the fixture text."""
+    """A byte-level BPE tokenizer (the GPT-2 / BLOOM kind) trained on the corpus."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -97,14 +89,9 @@ def _train_tokenizer(how: TinySpec):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_VOCAB,
-        min_frequency=2,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    trainer = trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, min_frequency=2, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus(), trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=CONTEXT, **how.special_tokens)
 
 
@@ -121,36 +108,18 @@ def _config(arch: str, vocab_size: int, token_ids: dict[str, int]):
                           rotary_dim=HIDDEN // HEADS // 2, tie_word_embeddings=False, **ids)
     if arch == "bloom":
         return BloomConfig(vocab_size=vocab_size, hidden_size=HIDDEN, n_layer=LAYERS, n_head=HEADS, **ids)
-    if arch == "llama":
-        return LlamaConfig(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
-                           num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=HEADS // 2,
-                           max_position_embeddings=CONTEXT, **ids)
-    raise AssertionError(arch)  # unreachable: spec() refused it
-
-
-def fingerprint(arch: str, seed: int) -> str:
-    """What the checkpoint depends on: builder, architecture, seed, fixture text and transformers' version."""
-    import transformers
-
-    spec(arch)
-    digest = hashlib.sha256()
-    digest.update(json.dumps([BUILDER_VERSION, arch, seed, transformers.__version__]).encode())
-    for text in _corpus():
-        digest.update(text.encode("utf-8"))
-    return digest.hexdigest()[:12]
-
-
-def manifest(folder: Path) -> dict[str, str]:
-    """sha256 of every file in a checkpoint folder (the marker a complete build writes last)."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.name != "MANIFEST.json"}
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
+                       num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=HEADS // 2,
+                       max_position_embeddings=CONTEXT, **ids)
 
 
 def build_tiny_checkpoint(arch: str, folder: Path, seed: int = 0) -> Path:
-    """Build the tiny `arch` checkpoint into `folder` (model weights as safetensors, config, tokenizer)."""
+    """Build the tiny `arch` checkpoint into `folder` (model weights as safetensors, config, tokenizer, MANIFEST)."""
     import torch
     import transformers
 
-    how = spec(arch)
+    checkpoint_folder(arch, seed)  # an unknown architecture is a CourseError listing the ones that exist
+    how = TINY_SPECS[arch]
     tokenizer = _train_tokenizer(how)
     token_ids = {role: tokenizer.convert_tokens_to_ids(token) for role, token in how.special_tokens.items()}
     vocab_size = -(-len(tokenizer) // 64) * 64  # padded to a multiple of 64, as GPT-J pads 50257 to 50400
@@ -171,3 +140,30 @@ def build_tiny_checkpoint(arch: str, folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+def build_missing(builds=BUILDS) -> list[Path]:
+    """Build each (arch, seed) of `builds` whose folder has no MANIFEST.json yet; return the folders built."""
+    built = []
+    for arch, seed in builds:
+        folder = checkpoint_folder(arch, seed)
+        if not (folder / "MANIFEST.json").is_file():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            built.append(build_tiny_checkpoint(arch, folder, seed))
+    return built
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("archs", nargs="*", metavar="ARCH", help=f"one of {', '.join(ARCHS)}; default: BUILDS")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # a bar per shard of a 100 kB model says nothing
+    built = build_missing([(arch, args.seed) for arch in args.archs] if args.archs else BUILDS)
+    print(f"tiny checkpoints: {len(built)} built" + "".join(f"\n  {folder}" for folder in built)
+          + ("" if built else " (all there already)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

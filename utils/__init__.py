@@ -1,6 +1,23 @@
-"""Plumbing shared by the course's notebooks: paths, the smoke switch, environment, downloads.
+"""The course's runtime package: what the notebooks, scripts and tests import. Hand-written plumbing, one line each:
 
-Teaching code lives in the notebooks; what is here is what several notebooks need and what is not the lesson.
+- errors: CourseError and CourseArgumentError, raised for problems a learner can fix
+- checks: argument checks, and file readers that name the file, the record and the field
+- paths: the repository root, the fixtures, the cache, build/, and the REPO_URL learners clone
+- smoke: the smoke switch, the fixtures by name, and the tiny checkpoints (`make setup` builds them)
+- hub: Hub errors that say what to do, and cached downloads
+- machine: device and dtype, the environment summary and advice, pins, peak memory, check_released
+- colab: what the Colab setup cell installs
+- real_models: the real models' published configs, for real-scale counts on the meta device
+- memory_budget: a (Q)LoRA fine-tune's GPU memory, predicted from shapes
+- resume: checkpoints that resume a hand-written training loop exactly
+- generation: text from a Hugging Face model, where generating is a tool, not the lesson
+- ch01_peft, ch01_methods: chapter 01's task, loop and checks, and its registry of methods
+- ch02_squad: chapter 02's SQuAD file, record and argument checks
+- ch03_qlora: chapter 03's prompt data, 4-bit checks, and trl and bitsandbytes workarounds
+- ch04_gpt2: chapter 04's checkpoints, tokenizer, instruction data and scores
+- ch05_text_data: chapter 05's sliding-window next-token data
+
+utils/lessons/ holds the modules `make sync` generates from notebook cells marked `#| export <module>`: edit the cells.
 """
 
 

@@ -56,6 +56,7 @@ def check_targets(recipe: str, model_id: str, target_modules, rank: int | None =
 
 DATASET = "cornell-movie-review-data/rotten_tomatoes"
 LABELS = ("negative", "positive")  # the dataset's label 0 and 1 (its ClassLabel names are "neg" and "pos")
+REVIEW_PROMPT = "Review: {text}\nSentiment:"  # the model continues it with " positive" or " negative"
 
 
 def load_reviews(source: str | Path, split: str = "train", limit: int | None = None,
@@ -79,7 +80,7 @@ def load_reviews(source: str | Path, split: str = "train", limit: int | None = N
         text, label = check_field(record, "text", f"{where}, {at}"), record.get("label")
         if isinstance(label, bool) or label not in (0, 1):
             raise CourseError(f"{where}, {at}: field 'label' is {label!r}; use 0 (negative) or 1 (positive)")
-        pairs.append((f"Review: {text.strip()}\nSentiment:", " " + LABELS[label]))  # the model writes the label
+        pairs.append((REVIEW_PROMPT.format(text=text.strip()), " " + LABELS[label]))
     random.Random(seed).shuffle(pairs)
     return pairs[:limit]
 

@@ -1,9 +1,7 @@
-"""The checks behind chapter 02's SQuAD code, which its notebook imports and names: reading and checking a SQuAD
-file (the official JSON layout or the Hub's flat records), the checks of one record and of the arguments, the skip
-policy for records that do not fit (skip with a message, fail above a fraction) and the checks of a set of
-predictions. Each fails with a CourseError naming the file, the record and the field.
-
-The lesson itself (the prompt, the labels, the padding, the metric) is the notebook's, exported to utils/lessons/squad.py.
+"""The checks behind chapter 02's SQuAD code, which its notebook imports and names: a SQuAD file (the official JSON
+layout or the Hub's flat records), one record, the arguments, the skip policy for records that do not fit, and a set
+of predictions. Each fails with a CourseError naming the file, the record and the field. The lesson itself (the
+prompt, the labels, the padding, the metric) is written in the notebook.
 """
 
 from __future__ import annotations
@@ -15,14 +13,12 @@ from pathlib import Path
 from utils.checks import check_field, check_fraction, check_int, read_json
 from utils.errors import CourseError
 
-# ---------------------------------------------------------------- files
 
-
-def check_squad_fields(record, where: str) -> None:
-    """CourseError naming `where` and the field unless `record` is a flat SQuAD record with every field of its type:
-    id, title, context, question (strings) and answers {text: [str], answer_start: [int >= 0]} of equal lengths."""
+def check_squad_fields(record, where: str, nonempty: bool = False) -> None:
+    """CourseError naming `where` and the field unless `record` is a flat SQuAD record: id, title, context, question
+    (strings; context and question not blank when `nonempty`) and answers {text: [str], answer_start: [int >= 0]}."""
     for name in ("id", "title", "context", "question"):
-        check_field(record, name, where, nonempty=name == "id")
+        check_field(record, name, where, nonempty=name == "id" or (nonempty and name != "title"))
     answers = check_field(record, "answers", where, kind=dict, nonempty=False)
     texts = check_field(answers, "text", f"{where}, field 'answers'", kind=list, nonempty=False)
     starts = check_field(answers, "answer_start", f"{where}, field 'answers'", kind=list, nonempty=False)
@@ -35,8 +31,8 @@ def check_squad_fields(record, where: str) -> None:
                               "string and a character offset (an integer >= 0)")
 
 
-def _check_official_layout(squad: dict, path: Path) -> int:
-    """The number of questions of an official SQuAD JSON, every article, paragraph, question and answer checked."""
+def _count_official_questions(squad: dict, path: Path) -> int:
+    """The questions of an official SQuAD JSON, every article, paragraph, question and answer checked."""
     fix = 'the official SQuAD layout is {"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}'
     questions = 0
     for a, article in enumerate(check_field(squad, "data", str(path), kind=list, nonempty=False, fix=fix)):
@@ -61,14 +57,12 @@ def _check_official_layout(squad: dict, path: Path) -> int:
 
 
 def read_squad_file(path: str | os.PathLike):
-    """A local SQuAD file, read and checked: the official JSON layout ({"data": [...]}, returned as it is) or the
-    Hub's flat records (a JSON list or JSON Lines of {id, title, context, question, answers}, returned as a list).
-    Bad encoding, syntax or structure, a missing or mistyped field, or no question at all is a CourseError naming
-    the file, the record and the field."""
+    """A local SQuAD file, read and checked: the official layout ({"data": [...]}, returned as it is) or the Hub's
+    flat records (a JSON list or JSON Lines, returned as a list); CourseError naming the record and the field."""
     path = Path(path)
     squad = read_json(path)
     if isinstance(squad, dict):
-        questions = _check_official_layout(squad, path)
+        questions = _count_official_questions(squad, path)
     elif isinstance(squad, list):
         for i, record in enumerate(squad):
             rid = f" (id {record['id']!r})" if isinstance(record, dict) and "id" in record else ""
@@ -80,9 +74,6 @@ def read_squad_file(path: str | os.PathLike):
     if not questions:
         raise CourseError(f"{path} holds no questions: nothing to train or evaluate on")
     return squad
-
-
-# ---------------------------------------------------------------- arguments (named as the calling function's)
 
 
 def check_slice(n, seed) -> None:
@@ -102,22 +93,14 @@ def check_pad_token_id(pad_token_id) -> None:
               "tokenizer.eos_token (padding is masked out of attention and loss)")
 
 
-# ---------------------------------------------------------------- records: check, fit, skip
-
-
 def check_record(record: dict) -> None:
-    """Raise CourseError, naming the record, for a missing or mistyped field, an empty context or question, or an
-    answer_start that does not point at its text (the label would teach the wrong span)."""
+    """CourseError naming the record for a missing, mistyped or empty field, or an answer_start that does not point
+    at its text (the label would teach the wrong span)."""
     rid = record.get("id", "?") if isinstance(record, dict) else "?"
-    check_squad_fields(record, f"record {rid}")  # every field there, with its type
-    if not record["context"].strip():
-        raise CourseError(f"record {rid}: field 'context' is empty; there is nothing to read the answer from")
-    if not record["question"].strip():
-        raise CourseError(f"record {rid}: field 'question' is empty")
+    check_squad_fields(record, f"record {rid}", nonempty=True)
     answers = record["answers"]
     for i, (text, start) in enumerate(zip(answers["text"], answers["answer_start"], strict=True)):
-        found = record["context"][start:start + len(text)]
-        if found != text:
+        if (found := record["context"][start:start + len(text)]) != text:
             raise CourseError(f"record {rid}: answers.answer_start[{i}]={start} does not point at answers.text[{i}]="
                               f"{text!r} (the context there reads {found!r}); fix the offset or drop the record")
 
@@ -128,17 +111,15 @@ def check_fits(record: dict, room: int, max_length: int, offsets=(), answer_span
     if room < 1:
         raise CourseError(f"record {record['id']}: instruction, question and answer alone take {max_length - room} "
                           f"tokens, more than max_length={max_length}; shorten the question or raise max_length")
-    if answer_span is not None:
-        needed = sum(1 for begin, end in offsets if end > answer_span[0] and begin < answer_span[1])
-        if needed > room:
-            raise CourseError(f"record {record['id']}: the answer alone needs {needed} context tokens but only {room} "
-                              f"fit in max_length={max_length}; raise max_length")
+    needed = sum(1 for begin, end in offsets if answer_span and end > answer_span[0] and begin < answer_span[1])
+    if needed > room:
+        raise CourseError(f"record {record['id']}: the answer alone needs {needed} context tokens but only {room} "
+                          f"fit in max_length={max_length}; raise max_length")
 
 
 def skip_bad_records(records: list, encode: Callable, max_skip_fraction: float = 0.01) -> tuple[list, list[str]]:
-    """`encode` applied to every record; one that raises a CourseError is skipped and its message (naming the record)
-    kept, so the caller can print the count. One broken record among 130,000 should not stop a run of hours, but more
-    than `max_skip_fraction` bad records means the data (a wrong file, a wrong split) is wrong: that fails."""
+    """`encode` of every record, skipping one that raises a CourseError (its message kept). One broken record among
+    130,000 should not stop a run of hours; more than `max_skip_fraction` of them means the data is wrong: that fails."""
     check_fraction("max_skip_fraction", max_skip_fraction)
     if not records:
         raise CourseError("encode_records: no records to encode; check the data source and the slice sizes")
@@ -154,9 +135,6 @@ def skip_bad_records(records: list, encode: Callable, max_skip_fraction: float =
     return encoded, skipped
 
 
-# ---------------------------------------------------------------- the metric's inputs
-
-
 def check_gold_answers(gold_answers) -> None:
     if isinstance(gold_answers, str) or not all(isinstance(a, str) for a in gold_answers):
         raise CourseError(f"gold answers must be a list of strings (record['answers']['text']), got {gold_answers!r}")
@@ -166,10 +144,8 @@ def check_predictions(predictions: dict, records: list[dict]) -> None:
     """A prediction (a string, "" for no answer) for every record, and at least one record."""
     if not records:
         raise CourseError("squad_v2_scores: no records to score")
-    wrong = [(k, v) for k, v in predictions.items() if not isinstance(v, str)]
-    if wrong:
+    if wrong := [(k, v) for k, v in predictions.items() if not isinstance(v, str)]:
         raise CourseError(f"prediction for record {wrong[0][0]!r} is {wrong[0][1]!r}; each prediction is the answer "
                           "text, \"\" for no answer")
-    missing = [r["id"] for r in records if r["id"] not in predictions]
-    if missing:
+    if missing := [r["id"] for r in records if r["id"] not in predictions]:
         raise CourseError(f"no prediction for {len(missing)} record(s), first: {missing[0]}")

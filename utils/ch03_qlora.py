@@ -1,8 +1,6 @@
-"""Chapter 03's plumbing for QLoRA: the prompt data as trl wants it, the checks that 4-bit runs here, trl's adapter
-dtype put back to fp32, and a workaround for bitsandbytes 0.50.2 on CPUs with AVX512-BF16.
-
-The quantization itself (rounding to k bits and back, blockwise absmax, NF4) is written in 01_quantization_basics.ipynb.
-"""
+"""Chapter 03's plumbing for QLoRA: the prompt data as trl wants it, a check that 4-bit runs here, trl's adapter dtype
+put back to fp32, and a workaround for bitsandbytes 0.50.2 on CPUs with AVX512-BF16. The quantization itself is written
+in 01_quantization_basics.ipynb."""
 
 from __future__ import annotations
 
@@ -10,7 +8,6 @@ from itertools import islice
 from pathlib import Path
 
 import torch
-from bitsandbytes.functional import has_avx512bf16
 from bitsandbytes.nn import Linear4bit
 
 from utils.checks import Record, check_field, check_int, read_records
@@ -19,13 +16,8 @@ from utils.hub import hub_errors
 
 
 def load_prompt_dataset(source, column="prompt", limit=None):
-    """Load prompts as a `datasets.Dataset` with one column, `text` (trl reads a `prompt` column as half of a
-    prompt/completion pair, so the plain text must be called `text`).
-
-    `source` is a local .csv/.json/.jsonl file or a Hub dataset id (e.g. "fka/awesome-chatgpt-prompts");
-    `limit` keeps the first rows. Bad input is a CourseError naming the file, the record and the field: a file
-    that is not UTF-8 or not a list of records, a ragged CSV row, no records, a missing, empty or non-text field.
-    """
+    """The first `limit` prompts of a local .csv/.json/.jsonl file or a Hub dataset, as a `datasets.Dataset` with one
+    column, `text` (trl reads a `prompt` column as half of a prompt/completion pair); bad records are CourseErrors."""
     from datasets import Dataset, load_dataset  # datasets is slow to import: only when prompts are loaded
 
     check_int("limit", limit, minimum=1, optional=True)
@@ -41,7 +33,6 @@ def load_prompt_dataset(source, column="prompt", limit=None):
     if not texts:
         raise CourseError(f"dataset {source} has no records: nothing to train on")
     return Dataset.from_dict({"text": texts})
-
 
 
 def require_4bit_support(device):
@@ -62,27 +53,16 @@ def require_4bit_support(device):
 
 
 def adapters_to_fp32(model) -> int:
-    """Cast `model`'s trainable parameters to fp32; return how many tensors were cast. Call it after building an
-    `SFTTrainer` and before `train()`, which builds the optimizer.
-
-    trl 1.16's SFTTrainer casts a quantized model's trainable parameters to bf16 (`trl/trainer/sft_trainer.py`),
-    whatever `fp16`/`bf16` say. A T4 has no bf16, and fp16 AMP's GradScaler cannot unscale bf16 gradients on CUDA
-    (huggingface/trl issue 4901); and AdamW's small late updates round away in bf16. The optimizer wants fp32.
-    """
+    """Cast `model`'s trainable parameters to fp32 after building an `SFTTrainer` and before `train()`; return how many
+    tensors were cast. trl 1.16 casts a quantized model's adapters to bf16 whatever `fp16`/`bf16` say: a T4 has no bf16,
+    fp16 AMP's GradScaler cannot unscale bf16 gradients (huggingface/trl issue 4901), and AdamW's small updates round
+    away in bf16."""
     cast = 0
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
             cast += 1
     return cast
-
-
-__all__ = ["cpu_repacks_4bit", "is_repacked", "keep_4bit_trainable"]
-
-
-def cpu_repacks_4bit() -> bool:
-    """Whether bitsandbytes repacks 4-bit weights for inference on this machine's CPU (it has AVX512-BF16)."""
-    return bool(has_avx512bf16())
 
 
 def is_repacked(layer: Linear4bit) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from utils.checks import check_field, check_number, read_json
 from utils.errors import CourseError
-from utils.hub import hub_errors
+from utils.hub import download, hub_errors
 from utils.lessons.instruction_data import format_input
 
 #: The keys of a GPTModel config (GPT_CONFIG_124M in utils/lessons/gpt.py is one).
@@ -51,15 +51,9 @@ def config_from_hf(hf_config: dict, drop_rate: float = 0.0, source: str = "confi
     if hf_config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         raise CourseError(f"{source}: activation {hf_config['activation_function']!r}: GPTModel implements GPT-2's "
                           "tanh GELU only")
-    return check_gpt_config({
-        "vocab_size": hf_config["vocab_size"],
-        "context_length": hf_config["n_positions"],
-        "emb_dim": hf_config["n_embd"],
-        "n_heads": hf_config["n_head"],
-        "n_layers": hf_config["n_layer"],
-        "drop_rate": drop_rate,
-        "qkv_bias": True,
-    }, source)
+    return check_gpt_config({"vocab_size": hf_config["vocab_size"], "context_length": hf_config["n_positions"],
+                             "emb_dim": hf_config["n_embd"], "n_heads": hf_config["n_head"],
+                             "n_layers": hf_config["n_layer"], "drop_rate": drop_rate, "qkv_bias": True}, source)
 
 
 def resolve_checkpoint(model_id_or_path: str | os.PathLike) -> Path:
@@ -76,11 +70,8 @@ def resolve_checkpoint(model_id_or_path: str | os.PathLike) -> Path:
 
 
 class Tokenizer:
-    """The chapter's one small tokenizer interface: `encode(text) -> list[int]`, `decode(ids) -> str`, `eos_id`.
-
-    Full mode: the GPT-2 BPE (transformers' tokenizer of openai-community/gpt2; <|endoftext|> = 50256);
-    smoke mode: the tiny checkpoint's byte-level BPE. `<|endoftext|>` written in a text encodes to `eos_id`.
-    """
+    """The chapter's small tokenizer interface (`encode`, `decode`, `eos_id`) over GPT-2's BPE in full mode
+    (<|endoftext|> = 50256) or the tiny checkpoint's in smoke mode; `<|endoftext|>` in a text encodes to `eos_id`."""
 
     def __init__(self, name_or_path: str | os.PathLike):
         from transformers import AutoTokenizer
@@ -110,9 +101,8 @@ FIELDS = ("instruction", "input", "output")
 
 
 def validate_instruction_data(data, source: str = "the data") -> list[dict]:
-    """Check a non-empty list of {instruction, input, output} records; raise CourseError naming the source, the
-    record index and the field for a record that is not an object, a missing key, a non-string value, or an empty
-    instruction or output; warn with the count of duplicates."""
+    """`data` if it is a non-empty list of {instruction, input, output} records (input may be ""), else a CourseError
+    naming the record and the field; duplicates are counted in a warning."""
     if not isinstance(data, list):
         keys = f" with keys {sorted(data)[:5]}" if isinstance(data, dict) else ""
         raise CourseError(f"{source}: expected a JSON list of records [{{\"instruction\": ..., \"input\": ..., "
@@ -136,12 +126,9 @@ def validate_instruction_data(data, source: str = "the data") -> list[dict]:
 
 
 def load_instruction_data(path_or_name: str | os.PathLike) -> list[dict]:
-    """The validated records of a local UTF-8 JSON (or JSON Lines) file, or of one of `DATA_SOURCES` by name
-    (downloaded once, cached). Bad encoding, syntax, structure or records are a CourseError naming the file, the
-    record and the field."""
+    """The checked records of a local UTF-8 JSON (or JSON Lines) file, or of one of `DATA_SOURCES` by name (downloaded
+    once, cached)."""
     if str(path_or_name) in DATA_SOURCES:
-        from utils.hub import download
-
         path = download(DATA_SOURCES[str(path_or_name)], f"{path_or_name}.json")
     else:
         path = Path(path_or_name)
@@ -168,8 +155,8 @@ def _f1(overlap: int, predicted: int, reference: int) -> float:
 
 
 def token_f1(prediction: str, reference: str) -> float:
-    """F1 of the words two texts share, counted with multiplicity: SQuAD's token F1, without its article removal
-    (a response's "a" and "the" are words of it, where SQuAD drops them from short extracted answers)."""
+    """F1 of the words two texts share, with multiplicity: SQuAD's token F1 without its article removal (a response's
+    "a" and "the" are words of it)."""
     pred, ref = normalize_tokens(prediction), normalize_tokens(reference)
     return _f1(sum((Counter(pred) & Counter(ref)).values()), len(pred), len(ref))
 
@@ -220,13 +207,12 @@ def query_model(prompt: str, model: str = "llama3.2", url: str = OLLAMA_URL, tim
                           "`ollama serve` still runs") from None
     reply = ""
     for number, line in enumerate(body.splitlines(), start=1):  # one object, or one per line when it streams
-        if line.strip():
-            try:
-                message = json.loads(line)
-            except json.JSONDecodeError:
-                raise CourseError(f"the Ollama server at {url} sent a reply that is not JSON (line {number}: "
-                                  f"{line[:80]!r}); is it an Ollama server?") from None
-            reply += (message.get("message") or {}).get("content", "") if isinstance(message, dict) else ""
+        try:
+            message = json.loads(line) if line.strip() else {}
+        except json.JSONDecodeError:
+            raise CourseError(f"the Ollama server at {url} sent a reply that is not JSON (line {number}: "
+                              f"{line[:80]!r}); is it an Ollama server?") from None
+        reply += (message.get("message") or {}).get("content", "") if isinstance(message, dict) else ""
     return reply
 
 
@@ -241,9 +227,8 @@ _SCORE = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)(?:\s*(?:/|out of)\s*(\d+(?:\.\
 
 
 def parse_score(reply: str) -> int | None:
-    """The judge's score on the 0-100 scale, when its reply holds exactly one number: as it is ("85", "Score:
-    85%"), or scaled from a fraction ("7/10" and "7 out of 10" are 70, "85/100" is 85). None when there is no
-    number, more than one (which would be a guess), or one outside 0-100 (or outside its fraction)."""
+    """The judge's 0-100 score when its reply holds exactly one number ("85", "Score: 85%"; "7/10" and "7 out of 10"
+    are 70); None for no number, several (a guess) or one out of range."""
     matches = _SCORE.findall(reply) if isinstance(reply, str) else []
     if len(matches) != 1:
         return None
@@ -257,8 +242,8 @@ def parse_score(reply: str) -> int | None:
 
 def generate_model_scores(entries: list[dict], response_key: str = "model_response", model: str = "llama3.2",
                           url: str = OLLAMA_URL) -> list[int] | None:
-    """A 0-100 score per response from an Ollama judge; None (with a message saying how to get one) when no
-    server answers. Replies without a usable number are reported and left out."""
+    """A 0-100 score per response from an Ollama judge (replies without a usable one are reported and left out);
+    None, with a message saying how to get a judge, when no server answers."""
     if not isinstance(entries, list) or not entries:
         raise CourseError(f"generate_model_scores: entries must be a non-empty list of records, got {entries!r:.60}")
     for i, entry in enumerate(entries):  # checked before the first request: the judge is slow

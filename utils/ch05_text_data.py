@@ -1,10 +1,6 @@
-"""Sliding-window next-token data from one long text (after rasbt/LLMs-from-scratch, chapter 2): `GPTDatasetV1`
-and `create_dataloader_v1`, used by chapter 05 to pre-train a small GPT on a short story.
-
-The source builds its tokenizer with tiktoken, which downloads its files at first use; here any tokenizer with an
-`encode(text)` method works: transformers' GPT-2 BPE (openai-community/gpt2) in full mode, the tiny local one in
-smoke mode.
-"""
+"""Chapter 05's data: every window of a long text as next-token examples (`GPTDatasetV1`, `create_dataloader_v1`, after
+rasbt/LLMs-from-scratch chapter 2), with any tokenizer that has `encode(text)` instead of tiktoken (which downloads its
+files at first use): GPT-2's BPE from the Hub in full mode, the tiny local one in smoke mode."""
 
 from __future__ import annotations
 
@@ -19,8 +15,7 @@ GPT2_TOKENIZER_ID = "openai-community/gpt2"
 
 
 def encode_text(tokenizer, text: str) -> list[int]:
-    """Token ids of a whole text, without the "longer than the model's maximum length" warning: the windows cut
-    it to the model's context afterwards."""
+    """Token ids of a whole text, without the "longer than the model's maximum length" warning (windows cut it)."""
     try:
         return list(tokenizer.encode(text, verbose=False))  # transformers' tokenizers
     except TypeError:  # tokenizers without the `verbose` keyword (tiktoken, test doubles)
@@ -34,18 +29,16 @@ class GPTDatasetV1(Dataset):
         check_int("max_length", max_length, minimum=1)
         check_int("stride", stride, minimum=1)
         if not isinstance(txt, str):
-            raise CourseArgumentError(f"GPTDatasetV1(): txt must be the text itself (a str), got a {type(txt).__name__}: read the file first "
-                            "(utils.checks.read_text)")
+            raise CourseArgumentError(f"GPTDatasetV1(): txt must be the text itself (a str), got a {type(txt).__name__}: "
+                                  "read the file first (utils.checks.read_text)")
         token_ids = encode_text(tokenizer, txt)
         if len(token_ids) <= max_length:
             raise ValueError(f"the text has {len(token_ids)} tokens: a window of max_length={max_length} needs at "
                              f"least {max_length + 1} (inputs plus the next token); use a longer text or a smaller "
                              "max_length")
-        self.input_ids = []
-        self.target_ids = []
-        for i in range(0, len(token_ids) - max_length, stride):
-            self.input_ids.append(torch.tensor(token_ids[i:i + max_length]))
-            self.target_ids.append(torch.tensor(token_ids[i + 1:i + max_length + 1]))
+        starts = range(0, len(token_ids) - max_length, stride)
+        self.input_ids = [torch.tensor(token_ids[i:i + max_length]) for i in starts]
+        self.target_ids = [torch.tensor(token_ids[i + 1:i + max_length + 1]) for i in starts]
 
     def __len__(self) -> int:
         return len(self.input_ids)

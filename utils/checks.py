@@ -1,12 +1,7 @@
-"""Checks of what a learner hands the course: arguments (numbers, choices, names) and files (encoding, structure,
-records, fields), each failing at once with a message that names the argument, or the file, the record and the
-field, and says what to do.
-
-Arguments: `check_int`, `check_number`, `check_fraction`, `check_choice`, `check_names` raise
-`CourseArgumentError` (a CourseError and a ValueError) naming the function and the argument; a course function
-calls them first, before it loads, trains or writes anything. Files: `read_text`, `read_json`, `read_records`,
-`check_field` and `load_safetensors` raise `CourseError` naming the file, the line or record, and the field.
-"""
+"""Checks of what a learner hands the course, each failing at once with a message that says what to do: arguments
+(`check_int`, `check_number`, `check_fraction`, `check_choice`, `check_names`: a CourseArgumentError naming the
+function and the argument) and files (`read_text`, `read_json`, `read_records`, `check_field`, `load_safetensors`,
+`check_tensors`: a CourseError naming the file, the line or record, and the field)."""
 
 from __future__ import annotations
 
@@ -23,17 +18,13 @@ from typing import NamedTuple
 
 from utils.errors import CourseArgumentError, CourseError
 
-# ---------------------------------------------------------------- arguments
-
 
 def _caller() -> str:
     """The course function whose argument is being checked (the first frame outside this module)."""
     frame = sys._getframe(1)
     while frame is not None and (frame.f_globals.get("__name__") == __name__ or frame.f_code.co_name.startswith("check_")):
         frame = frame.f_back  # past this module and the course's own check_* helpers, to the function checked
-    if frame is None:
-        return "?"
-    return getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
+    return getattr(frame.f_code, "co_qualname", frame.f_code.co_name) if frame else "?"
 
 
 def _bad(name: str, value, expected: str, hint: str = "") -> CourseArgumentError:
@@ -41,16 +32,13 @@ def _bad(name: str, value, expected: str, hint: str = "") -> CourseArgumentError
 
 
 def _bounds(minimum=None, maximum=None, above=None, below=None) -> str:
-    parts = []
-    if above is not None:
-        parts.append(f"> {above}")
-    if minimum is not None:
-        parts.append(f">= {minimum}")
-    if maximum is not None:
-        parts.append(f"<= {maximum}")
-    if below is not None:
-        parts.append(f"< {below}")
-    return " and ".join(parts)
+    return " and ".join(f"{op} {v}" for op, v in ((">", above), (">=", minimum), ("<=", maximum), ("<", below))
+                        if v is not None)
+
+
+def _within(value, minimum=None, maximum=None, above=None, below=None) -> bool:
+    return ((minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+            and (above is None or value > above) and (below is None or value < below))
 
 
 def check_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None, optional: bool = False,
@@ -58,29 +46,23 @@ def check_int(name: str, value, *, minimum: int | None = None, maximum: int | No
     """`value` unchanged if it is an integer (not a bool) within [minimum, maximum], or None when `optional`."""
     if value is None and optional:
         return value
-    expected = "an integer" + (f" {_bounds(minimum, maximum)}" if minimum is not None or maximum is not None else "")
-    if optional:
-        expected += " (or None)"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise _bad(name, value, expected, hint)
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise _bad(name, value, expected, hint)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not _within(value, minimum, maximum):
+        bounds = _bounds(minimum, maximum)
+        raise _bad(name, value, "an integer" + (f" {bounds}" if bounds else "") + (" (or None)" if optional else ""), hint)
     return value
 
 
 def check_number(name: str, value, *, minimum: float | None = None, maximum: float | None = None,
                  above: float | None = None, below: float | None = None, optional: bool = False, hint: str = ""):
-    """`value` unchanged if it is a finite real number (not a bool, not NaN or infinite) with minimum <= value
-    <= maximum, value > above and value < below, or None when `optional`."""
+    """`value` unchanged if it is a finite real number (not a bool) with minimum <= value <= maximum, above < value
+    < below, or None when `optional`."""
     if value is None and optional:
         return value
-    bounds = _bounds(minimum, maximum, above, below)
-    expected = "a finite number" + (f" {bounds}" if bounds else "") + (" (or None)" if optional else "")
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise _bad(name, value, expected, hint)
-    if ((minimum is not None and value < minimum) or (maximum is not None and value > maximum)
-            or (above is not None and value <= above) or (below is not None and value >= below)):
-        raise _bad(name, value, expected, hint)
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
+            or not _within(value, minimum, maximum, above, below)):
+        bounds = _bounds(minimum, maximum, above, below)
+        raise _bad(name, value, "a finite number" + (f" {bounds}" if bounds else "") + (" (or None)" if optional else ""),
+                   hint)
     return value
 
 
@@ -97,20 +79,16 @@ def check_choice(name: str, value, choices: Sequence, hint: str = ""):
 
 
 def check_names(name: str, value, hint: str = "") -> list[str]:
-    """`value` as a list if it is a non-empty list or tuple of non-empty strings (a bare string is refused: it
-    would be read as its letters)."""
+    """`value` as a list if it is a non-empty collection of non-empty strings (not a bare string: its letters)."""
     if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset) or not value or not all(
             isinstance(v, str) and v for v in value):
         raise _bad(name, value, "a non-empty list of names such as [\"q_proj\", \"v_proj\"]", hint)
     return list(value)
 
 
-# ---------------------------------------------------------------- files
-
-
 def read_text(path: str | os.PathLike) -> str:
-    """The text of a UTF-8 file (a byte-order mark is dropped). CourseError, naming the file, for a missing file,
-    a folder, bytes that are not UTF-8 (with their line) or a file with nothing but whitespace."""
+    """The text of a UTF-8 file (without a byte-order mark); CourseError for a missing file, a folder, bytes that are
+    not UTF-8 (naming their line) or nothing but whitespace."""
     path = Path(path)
     if path.is_dir():
         raise CourseError(f"{path} is a folder, not a file: pass the path of the file itself")
@@ -147,8 +125,8 @@ def _json_lines(text: str, path: Path) -> list[tuple[int, object]]:
 
 
 def read_json(path: str | os.PathLike):
-    """The parsed content of a UTF-8 JSON file; a JSON Lines file (one value per line, as `datasets` writes them)
-    gives the list of its lines' values. CourseError naming the file, the line and the column of a syntax error."""
+    """The content of a UTF-8 JSON file, or the list of a JSON Lines file's values; CourseError naming the line and
+    the column of a syntax error."""
     path = Path(path)
     text = read_text(path)
     try:
@@ -197,9 +175,8 @@ def _csv_records(text: str, path: Path) -> list[Record]:
 
 
 def read_records(path: str | os.PathLike) -> list[Record]:
-    """The records of a UTF-8 .csv (a header row, then one record per row), .json (a list of objects) or .jsonl
-    (one object per line) file. CourseError naming the file and the line or record for bad encoding, a ragged CSV
-    row, a JSON value that is not a list of objects, or no records at all."""
+    """The records of a UTF-8 .csv (a header row, then a record per row), .json (a list of objects) or .jsonl file;
+    CourseError naming the line or record for a ragged CSV row, a value that is not an object, or no records."""
     path = Path(path)
     if path.suffix not in (".csv", ".json", ".jsonl"):
         raise CourseError(f"{path}: the course reads records from .csv, .json and .jsonl files; rename or convert it")
@@ -228,9 +205,8 @@ _KINDS = {str: "text (a string)", int: "an integer", bool: "true or false", list
 
 
 def check_field(fields: dict, name: str, where: str, kind: type = str, *, nonempty: bool = True, fix: str = ""):
-    """fields[name], checked: present, of type `kind` (a bool is not an int), and not blank when `nonempty`.
-    CourseError "<where>: field <name> ..." saying what is wrong and what to do (`fix`: the advice for a missing
-    field, when it is not "every record needs it")."""
+    """fields[name] if present, of type `kind` (a bool is not an int) and, when `nonempty`, not blank; else a
+    CourseError "<where>: field <name> ..." (`fix`: the advice for a missing field)."""
     if not isinstance(fields, dict):
         raise CourseError(f"{where}: a {type(fields).__name__}, expected an object with a field {name!r}")
     if name not in fields:
@@ -263,8 +239,8 @@ def load_safetensors(path: str | os.PathLike) -> dict:
 
 
 def check_tensors(tensors: dict, expected: dict, source: str) -> None:
-    """CourseError naming `source` unless `tensors` has exactly the names of `expected` (a model's state_dict()),
-    each of the same shape: a checkpoint of another model or configuration is caught before anything is loaded."""
+    """CourseError naming `source` unless `tensors` has exactly the names and shapes of `expected` (a state_dict()),
+    before anything is loaded."""
     missing = sorted(expected.keys() - tensors.keys())
     unexpected = sorted(tensors.keys() - expected.keys())
     if missing or unexpected:

@@ -1,9 +1,7 @@
-"""What the setup cell does on Colab after cloning the course: install the ML stack at its tested pins
-(requirements-colab.txt) and nothing that Colab's runtime provides for itself, so that its kernel, front end,
-torch and data packages stay as Google installed them.
-
-Run twice, it installs nothing the second time and says so. If pip replaces a package that the running kernel has
-already imported, it stops and asks for a restart: the old version would otherwise stay in memory.
+"""What the setup cell does on Colab after cloning the course, as `make setup` does elsewhere: install the ML stack at
+its tested pins (requirements-colab.txt), leaving Colab's kernel, front end, torch and data packages as Google installed
+them, and build the tiny checkpoints. Run twice, it changes nothing the second time; if pip replaced a package the
+kernel had already imported, it asks for a restart (the old version would stay in memory).
 """
 
 from __future__ import annotations
@@ -13,11 +11,13 @@ import importlib.metadata
 import re
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 from utils.errors import CourseError
-from utils.machine import normalise_name, pinned_versions, version_mismatches
+from utils.machine import pinned_versions, version_mismatches
 from utils.paths import ROOT
 
 MIN_PYTHON = (3, 10)
@@ -53,9 +53,8 @@ def installed_versions() -> dict[str, str]:
     importlib.invalidate_caches()
     found: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
-        name = normalise_name(dist.metadata["Name"] or "")
-        if name:
-            found.setdefault(name, dist.version)
+        found.setdefault(canonicalize_name(dist.metadata["Name"] or ""), dist.version)
+    found.pop("", None)  # a broken distribution without a name
     return found
 
 
@@ -63,9 +62,9 @@ def stale_modules(changed: Iterable[str], loaded: Iterable[str]) -> list[str]:
     """Top-level modules, among `loaded`, that belong to a distribution in `changed` (normalised names): the running
     kernel holds their old code."""
     changed, loaded = set(changed), {name.partition(".")[0] for name in loaded}
-    owners: Mapping[str, list[str]] = importlib.metadata.packages_distributions()
+    owners = importlib.metadata.packages_distributions()
     return sorted(module for module in loaded
-                  if any(normalise_name(dist) in changed for dist in owners.get(module, ())))
+                  if any(canonicalize_name(dist) in changed for dist in owners.get(module, ())))
 
 
 def install_course_stack(requirements: Path = COLAB_REQUIREMENTS) -> dict[str, tuple[str | None, str]]:

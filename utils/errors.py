@@ -6,5 +6,5 @@ class CourseError(RuntimeError):
 
 
 class CourseArgumentError(CourseError, ValueError):
-    """A bad argument to a course function (a rank of 0, a NaN alpha, a fraction above 1): a CourseError, and a
-    ValueError as Python's own functions raise for bad values, so either `except` catches it."""
+    """A bad argument to a course function (a rank of 0, a NaN alpha): a CourseError, and a ValueError as Python's own
+    functions raise for bad values."""

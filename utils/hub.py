@@ -1,10 +1,6 @@
-"""The Hugging Face Hub and the web, for full mode: loading a Hub id with a message that says what to do when it
-cannot be downloaded (`hub_errors`), and downloading a file once into the course's cache (`download`).
-
-Offline, or without a network, transformers, datasets and huggingface_hub raise an OSError ("We couldn't connect to
-'https://huggingface.co' ...") from deep inside the library; `hub_errors` turns it into a CourseError naming the id
-and the two ways out: smoke mode, or going online once. A local folder's errors pass through unchanged.
-"""
+"""The Hugging Face Hub and the web, for full mode: `hub_errors` turns the Hub libraries' deep OSError for an id that
+cannot be downloaded (offline, no network, a wrong id) into a CourseError naming it and the way out (smoke mode, or
+going online once); `download` fetches a file once into the course's cache."""
 
 from __future__ import annotations
 
@@ -37,8 +33,8 @@ def hub_failure(name: str, kind: str, exc: BaseException) -> str:
 
 @contextmanager
 def hub_errors(name, kind: str = "model") -> Iterator[None]:
-    """Turn the Hub libraries' errors for the Hub id `name` (a model, tokenizer or dataset that could not be
-    downloaded or found in the cache) into a CourseError naming it and saying what to do."""
+    """Turn the Hub libraries' errors for the Hub id `name` (a model, tokenizer or dataset) into a CourseError naming it
+    and saying what to do; a local folder's errors pass through."""
     try:
         yield
     except OSError as exc:  # transformers', datasets' (ConnectionError) and huggingface_hub's (LocalEntryNotFound)
@@ -53,16 +49,13 @@ def hub_errors(name, kind: str = "model") -> Iterator[None]:
 
 
 def download(url: str, filename: str, *, sha256: str | None = None, timeout_s: float = 60.0) -> Path:
-    """Return the cached copy of `url` (saved as `filename` in the cache), downloading it on first use.
-
-    A failed download raises `CourseError` saying what to do (no network: run in smoke mode, or copy the file
-    into the cache by hand); a file whose sha256 differs from `sha256` is rejected, not used.
-    """
+    """The cached copy of `url` (as `filename` in the cache), downloaded on first use; a failed download, or a file
+    whose sha256 differs from `sha256`, is a CourseError saying what to do."""
     import requests
 
     path = cache_dir() / "downloads" / filename
     if not path.is_file():
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
+        if offline():
             raise CourseError(f"{filename} is not in the cache ({path}) and HF_HUB_OFFLINE=1 forbids downloading it "
                               f"from {url}: run with COURSE_SMOKE=1 (fixture data), or put the file there by hand")
         path.parent.mkdir(parents=True, exist_ok=True)

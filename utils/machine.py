@@ -1,22 +1,23 @@
-"""The machine a notebook runs on: device and dtype choice, seeding, an environment summary, peak memory."""
+"""The machine a notebook runs on: device and dtype, an environment summary with advice, pins, peak memory, and a
+check that a model's memory was released."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
 import platform
-import random
 import re
 import sys
 import threading
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.checks import check_int
+from packaging.utils import canonicalize_name
+
+from utils.errors import CourseError
 from utils.paths import ROOT
 
 # About how much GPU memory each chapter's full recipe needs (estimates: weights + LoRA state + activations with
@@ -31,18 +32,16 @@ RECIPE_GPU_GB = {
 
 
 def pick_device():
-    """The device to train on: CUDA when present, else CPU. The course does not pick Apple's MPS: no notebook is
-    tested there (bitsandbytes 0.50 has 4-bit kernels for it; `utils.ch03_qlora.require_4bit_support` probes)."""
+    """CUDA when present, else the CPU. Apple's MPS is not picked: no notebook is tested there (bitsandbytes 0.50
+    has 4-bit kernels for it; `utils.ch03_qlora.require_4bit_support` probes)."""
     import torch
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def pick_dtype(device=None, capability: tuple[int, int] | None = None):
-    """The compute dtype for `device`: bf16 on GPUs of compute capability >= 8.0, fp16 below (a T4 is 7.5), fp32 on CPU.
-
-    `capability` overrides what CUDA reports (for tests and for planning a run on another GPU).
-    """
+    """bf16 on GPUs of compute capability >= 8.0, fp16 below (a T4 is 7.5), fp32 on a CPU; `capability` overrides
+    what CUDA reports (tests, planning a run on another GPU)."""
     import torch
 
     device = torch.device(device) if device is not None else pick_device()
@@ -52,42 +51,26 @@ def pick_dtype(device=None, capability: tuple[int, int] | None = None):
     return torch.bfloat16 if (major, minor) >= (8, 0) else torch.float16
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) so a run can be repeated."""
-    check_int("seed", seed, minimum=0, maximum=2**32 - 1, hint="NumPy takes seeds 0 .. 2**32 - 1")
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
 def requirements_file() -> Path:
-    """The requirement set this runtime was set up from: the ML stack alone on Colab, the whole tested stack elsewhere."""
+    """The requirements this runtime was set up from: the ML stack alone on Colab, the whole tested stack elsewhere."""
     return ROOT / ("requirements-colab.txt" if "google.colab" in sys.modules else "requirements.txt")
 
 
 def pinned_versions(requirements: str | os.PathLike | None = None) -> dict[str, str]:
-    """The exact pins (`name==version`) of a requirements file and the files it includes with `-r`, by normalised
-    package name; by default those of `requirements_file()`."""
+    """{normalised name: version} of the `name==version` pins of a requirements file and the files it includes
+    (`-r`); by default those of `requirements_file()`."""
     path = Path(requirements) if requirements is not None else requirements_file()
     pins: dict[str, str] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         if include := re.match(r"^\s*-r\s+(\S+)", line):
             pins.update(pinned_versions(path.parent / include.group(1)))
         elif match := re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*==\s*([^\s;#]+)", line):
-            pins[normalise_name(match.group(1))] = match.group(2)
+            pins[canonicalize_name(match.group(1))] = match.group(2)
     return pins
 
 
-def normalise_name(name: str) -> str:
-    """A package name as pip compares it (PEP 503): lower case, runs of "-", "_" and "." as one "-"."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def version_mismatches(pins: dict[str, str]) -> dict[str, tuple[str | None, str]]:
-    """Packages whose installed version differs from the pin: name -> (installed or None, pinned)."""
+    """{name: (installed version or None, pinned version)} of the packages that differ from their pin."""
     found = {}
     for name, pinned in pins.items():
         try:
@@ -99,41 +82,33 @@ def version_mismatches(pins: dict[str, str]) -> dict[str, tuple[str | None, str]
     return found
 
 
-def bitsandbytes_backend() -> str:
-    """Which backend bitsandbytes would use here ("cuda", "cpu", ...) or why it cannot run."""
-    try:
-        import bitsandbytes  # noqa: F401
-        import torch
-    except Exception as exc:  # an import error here is the answer, not a crash
-        return f"unavailable ({type(exc).__name__}: {exc})"
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def environment_summary() -> dict[str, object]:
-    """Python, torch, CUDA, GPU name, capability and memory, bitsandbytes' backend, and installed-vs-pinned versions."""
+    """Python, torch, CUDA, the GPU (name, capability, memory), bitsandbytes' backend, installed-vs-pinned versions."""
     import torch
 
-    summary: dict[str, object] = {
+    try:
+        import bitsandbytes  # noqa: F401
+
+        backend = "cuda" if torch.cuda.is_available() else "cpu"
+    except Exception as exc:  # an import error here is the answer, not a crash
+        backend = f"unavailable ({type(exc).__name__}: {exc})"
+    props = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None
+    return {
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
         "torch": torch.__version__,
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "gpu": None,
-        "compute capability": None,
-        "gpu memory (GiB)": None,
+        "cuda": torch.version.cuda if props else None,
+        "gpu": props.name if props else None,
+        "compute capability": f"{props.major}.{props.minor}" if props else None,
+        "gpu memory (GiB)": round(props.total_memory / 2**30, 1) if props else None,
         "cpu threads": torch.get_num_threads(),
-        "bitsandbytes backend": bitsandbytes_backend(),
+        "bitsandbytes backend": backend,
         "compute dtype": str(pick_dtype()).removeprefix("torch."),
         "smoke mode": os.environ.get("COURSE_SMOKE", "0") == "1",
         "colab": "google.colab" in sys.modules,
+        "version mismatches": {name: f"installed {got}, pinned {want}"
+                               for name, (got, want) in version_mismatches(pinned_versions()).items()},
     }
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        summary.update({"gpu": props.name, "compute capability": f"{props.major}.{props.minor}",
-                        "gpu memory (GiB)": round(props.total_memory / 2**30, 1)})
-    mismatches = version_mismatches(pinned_versions())
-    summary["version mismatches"] = {name: f"installed {got}, pinned {want}" for name, (got, want) in mismatches.items()}
-    return summary
 
 
 def print_environment() -> dict[str, object]:
@@ -151,13 +126,34 @@ def print_environment() -> dict[str, object]:
     return summary
 
 
+def advice(summary: dict[str, object]) -> list[str]:
+    """Plain advice from an environment summary: which dtype, whether 4/8-bit works, which recipes fit the GPU."""
+    gpu, memory, dtype = summary.get("gpu"), summary.get("gpu memory (GiB)"), summary.get("compute dtype")
+    if gpu is None:
+        lines = ["No GPU: run the course in smoke mode (COURSE_SMOKE=1, tiny models, minutes on a CPU); the real "
+                 "recipes need a GPU (a free Colab T4 is enough for every chapter)."]
+    else:
+        lines = [f"{gpu}: compute in {dtype}" + (" (no bf16 below compute capability 8.0, e.g. a T4: the course uses "
+                                                 "fp16 there)" if dtype == "float16" else "")]
+        lines += [f"  {recipe}: about {need} GB needed, {'fits' if memory and memory >= need else 'does NOT fit'} "
+                  f"in {memory} GiB" for recipe, need in RECIPE_GPU_GB.items()]
+    backend = str(summary.get("bitsandbytes backend"))
+    lines.append(f"bitsandbytes backend: {backend}; " + (
+        "4-bit and 8-bit loading will work." if backend in {"cuda", "cpu"} else
+        f"4-bit and 8-bit loading will NOT work: pip install -r {requirements_file().name}"))
+    if summary.get("version mismatches"):
+        lines.append(f"Some packages differ from the tested pins (warnings above): pip install -r "
+                     f"{requirements_file().name}")
+    return lines
+
+
 @dataclass
 class PeakMemory:
-    """The peak memory of a block: CUDA max allocated on a GPU, process resident memory (RSS) on a CPU."""
+    """The peak memory of a `with peak_memory()` block: CUDA's max allocated on a GPU, the process's RSS on a CPU."""
 
     device: str = "cpu"
     peak_bytes: int = 0
-    baseline_bytes: int = 0
+    baseline_bytes: int = 0  # in use when the block started
 
     @property
     def peak_gib(self) -> float:
@@ -165,49 +161,41 @@ class PeakMemory:
 
     @property
     def added_bytes(self) -> int:
-        """Peak above what was in use when the block started."""
         return max(0, self.peak_bytes - self.baseline_bytes)
 
 
 @contextmanager
 def peak_memory(device=None, interval_s: float = 0.005) -> Iterator[PeakMemory]:
-    """Measure peak memory inside a `with` block.
-
-    On CUDA this is `torch.cuda.max_memory_allocated` (reset on entry). On a CPU the process's RSS is sampled
-    every `interval_s` seconds by a background thread; a peak shorter than that interval can be missed.
-    """
+    """Measure the peak memory inside a `with` block: `torch.cuda.max_memory_allocated` on CUDA; on a CPU the RSS,
+    sampled every `interval_s` seconds by a thread (a shorter peak can be missed)."""
     import psutil
     import torch
 
     device = torch.device(device) if device is not None else pick_device()
-    result = PeakMemory(device=device.type)
-    if device.type == "cuda":
+    cuda, rss, stop = device.type == "cuda", psutil.Process().memory_info, threading.Event()
+    if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        result.baseline_bytes = torch.cuda.memory_allocated(device)
-        try:
-            yield result
-        finally:
-            torch.cuda.synchronize(device)
-            result.peak_bytes = torch.cuda.max_memory_allocated(device)
-        return
-    process = psutil.Process()
-    result.baseline_bytes = result.peak_bytes = process.memory_info().rss
-    stop = threading.Event()
+    start = torch.cuda.memory_allocated(device) if cuda else rss().rss
+    result = PeakMemory(device.type, peak_bytes=start, baseline_bytes=start)
 
     def sample() -> None:
-        while not stop.is_set():
-            result.peak_bytes = max(result.peak_bytes, process.memory_info().rss)
-            time.sleep(interval_s)
+        while not stop.wait(interval_s):
+            result.peak_bytes = max(result.peak_bytes, rss().rss)
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
+    sampler = threading.Thread(target=sample, daemon=True)
+    if not cuda:
+        sampler.start()
     try:
         yield result
     finally:
         stop.set()
-        thread.join()
-        result.peak_bytes = max(result.peak_bytes, process.memory_info().rss)
+        if cuda:
+            torch.cuda.synchronize(device)
+            result.peak_bytes = torch.cuda.max_memory_allocated(device)
+        else:
+            sampler.join()
+            result.peak_bytes = max(result.peak_bytes, rss().rss)
 
 
 def watch(*objects) -> list:
@@ -218,18 +206,12 @@ def watch(*objects) -> list:
 
 
 def check_released(device=None, watched=()) -> int:
-    """Collect what Python no longer references and hand CUDA's cached blocks back; return the bytes still allocated
-    on `device` (0 on a CPU, where freed memory goes back to the process at once). `del` the models first.
-
-    `watched`: weak references from `watch(...)` taken before the `del`: if any object is still alive, something
-    still holds it (another variable, a trainer, a closure) and its memory is not free; that is a CourseError naming
-    it, before the next model is loaded on top (on a 16 GB T4, two 7B models do not fit).
-    """
+    """After `del model`: collect garbage, hand CUDA's cached blocks back, return the bytes still allocated on
+    `device` (0 on a CPU). A `watch`ed object still alive is a CourseError naming what holds it, before the next
+    model is loaded on top (two 7B models do not fit a 16 GB T4)."""
     import gc
 
     import torch
-
-    from utils.errors import CourseError
 
     gc.collect()
     alive = [ref() for ref in watched if ref() is not None]
@@ -242,28 +224,3 @@ def check_released(device=None, watched=()) -> int:
         return 0
     torch.cuda.empty_cache()
     return torch.cuda.memory_allocated(device)
-
-
-
-def advice(summary: dict[str, object]) -> list[str]:
-    """Plain advice from an environment summary: which dtype, whether 4/8-bit works, which recipes fit the GPU."""
-    lines = []
-    gpu, memory = summary.get("gpu"), summary.get("gpu memory (GiB)")
-    if gpu is None:
-        lines.append("No GPU: run the course in smoke mode (COURSE_SMOKE=1, tiny models, minutes on a CPU); "
-                     "the real recipes need a GPU (a free Colab T4 is enough for every chapter).")
-    else:
-        dtype = summary.get("compute dtype")
-        lines.append(f"{gpu}: compute in {dtype}" + (" (no bf16 below compute capability 8.0, e.g. a T4: the course "
-                                                     "uses fp16 there)" if dtype == "float16" else ""))
-        for recipe, need in RECIPE_GPU_GB.items():
-            verdict = "fits" if memory and memory >= need else "does NOT fit"
-            lines.append(f"  {recipe}: about {need} GB needed, {verdict} in {memory} GiB")
-    backend = str(summary.get("bitsandbytes backend"))
-    lines.append(f"bitsandbytes backend: {backend}; " + (
-        "4-bit and 8-bit loading will work." if backend in {"cuda", "cpu"} else
-        f"4-bit and 8-bit loading will NOT work: pip install -r {requirements_file().name}"))
-    if summary.get("version mismatches"):
-        lines.append(f"Some packages differ from the tested pins (warnings above): pip install -r "
-                     f"{requirements_file().name}")
-    return lines

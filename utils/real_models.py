@@ -1,10 +1,6 @@
-"""The real models' published configurations, as facts, for real-scale numbers without a download.
-
-Parameter counts and memory budgets of EleutherAI/gpt-j-6b or bigscience/bloom-7b1 cost nothing to compute on
-PyTorch's meta device (shapes, no storage), so the course shows them at real scale even in smoke mode. The values
-below are copied from each model's `config.json` on the Hugging Face Hub; `tests/test_real_models.py` checks the
-parameter counts they imply against the published ones.
-"""
+"""The real models' published configurations, copied from their config.json on the Hub, for real-scale numbers without a
+download: parameter counts and memory budgets cost nothing on PyTorch's meta device (tests/test_real_models.py checks
+the counts against the published ones)."""
 
 from __future__ import annotations
 

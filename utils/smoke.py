@@ -1,18 +1,21 @@
-"""Smoke mode: the switch, the course's fixture data, and tiny checkpoints of the real architectures.
+"""Smoke mode: the switch, the course's fixture data, and where the tiny checkpoints of the real architectures are.
 
-`COURSE_SMOKE=1` makes every notebook swap the real Hub checkpoints for tiny ones *of the same architecture*
-(so LoRA's `target_modules` names are the real ones) and the real datasets for small fixtures in the real
-schemas. Nothing is downloaded: tools/tiny_checkpoints.py builds each tiny model on first use, in the cache.
+`COURSE_SMOKE=1` makes every notebook swap the real Hub checkpoints for tiny ones *of the same architecture* (so
+LoRA's `target_modules` names are the real ones) and the real datasets for small fixtures in the real schemas.
+`make setup` builds the tiny checkpoints once into the cache (`python -m tools.tiny_checkpoints`); this module finds
+them and checks them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import json
 import os
 from pathlib import Path
 
 from utils.errors import CourseError
-from utils.paths import FIXTURES_DIR, cache_dir
+from utils.paths import FIXTURES_DIR, ROOT, cache_dir
 
 FIXTURES: dict[str, str] = {
     "instructions": "instruction-data.json",
@@ -24,11 +27,19 @@ FIXTURES: dict[str, str] = {
     # reads it at GPT-2's real widths, where the short story above has fewer tokens than one context window.
     "the_verdict": "the-verdict.txt",
     "reviews": "reviews.jsonl",
-    # Chapter 01's task: Rotten Tomatoes movie reviews in the Hub dataset's schema (`text`, `label` 0/1). Not in
-    # the tokenizer corpus below: adding a file there changes every tiny checkpoint.
+    # Chapter 01's task: Rotten Tomatoes movie reviews in the Hub dataset's schema (`text`, `label` 0/1).
     "rotten_tomatoes_train": "rotten_tomatoes_train.jsonl",
     "rotten_tomatoes_validation": "rotten_tomatoes_validation.jsonl",
+    # The chapters' fixed prompt text, copied once, so that their words are whole tokens of the tiny tokenizers.
+    "tiny_corpus": "tiny_tokenizer_corpus.txt",
 }
+#: The fixtures the tiny tokenizers are trained on. A checkpoint depends on these files alone, never on a chapter's
+#: code: editing a chapter's prompt changes no checkpoint until its text is copied into tiny_tokenizer_corpus.txt.
+CORPUS_FIXTURES = ("story", "instructions", "squad_train", "squad_validation", "prompts", "reviews", "tiny_corpus")
+ARCHS = ("gpt2", "gptj", "bloom", "llama")
+#: Bump when tools/tiny_checkpoints.py changes what it writes, so that old caches are rebuilt rather than reused.
+BUILDER_VERSION = 4
+BUILD = "python -m tools.tiny_checkpoints"
 
 
 def is_smoke() -> bool:
@@ -45,30 +56,46 @@ def fixture_path(name: str) -> Path:
         raise CourseError(f"unknown fixture {name!r}; the course ships: {', '.join(sorted(FIXTURES))}")
     path = FIXTURES_DIR / FIXTURES[name]
     if not path.is_file():
-        raise CourseError(
-            f"fixture {name!r} is missing at {path}; it is part of the repository: restore it with "
-            f"`git checkout -- {path.relative_to(FIXTURES_DIR.parent.parent)}`"
-        )
+        raise CourseError(f"fixture {name!r} is missing at {path}; it is part of the repository: restore it with "
+                          f"`git checkout -- {path.relative_to(FIXTURES_DIR.parent.parent)}`")
     return path
 
 
+def fingerprint(arch: str, seed: int) -> str:
+    """What a tiny checkpoint's bytes depend on: the builder's version, `arch`, `seed`, transformers' version and
+    the corpus files."""
+    digest = hashlib.sha256(json.dumps([BUILDER_VERSION, arch, seed, importlib.metadata.version("transformers")]).encode())
+    for name in CORPUS_FIXTURES:
+        digest.update(fixture_path(name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def checkpoint_folder(arch: str, seed: int = 0) -> Path:
+    """Where the tiny `arch` checkpoint of `seed` is (or will be) in the cache."""
+    if arch not in ARCHS:
+        raise CourseError(f"unknown architecture {arch!r}; tiny checkpoints exist for: {', '.join(ARCHS)}")
+    return cache_dir() / "tiny" / f"{arch}-seed{seed}-{fingerprint(arch, seed)}"
+
+
+def manifest(folder: Path) -> dict[str, str]:
+    """sha256 of every file in a checkpoint folder (the MANIFEST.json a complete build writes last)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.name != "MANIFEST.json"}
+
+
 def tiny_checkpoint(arch: str, seed: int = 0) -> str:
-    """The local path of the tiny `arch` checkpoint ("gpt2", "gptj", "bloom", "llama"), built on first use.
+    """The local folder of the tiny `arch` checkpoint ("gpt2", "gptj", "bloom", "llama"), as `make setup` built it.
 
-    The folder is checked against the manifest written when it was built; a corrupt cache is an error that
-    says which folder to delete rather than a traceback from deep inside transformers.
-    """
-    from tools.tiny_checkpoints import build_tiny_checkpoint, fingerprint, manifest
-
-    folder = cache_dir() / "tiny" / f"{arch}-seed{seed}-{fingerprint(arch, seed)}"
-    marker = folder / "MANIFEST.json"
-    if not marker.is_file():
-        build_tiny_checkpoint(arch, folder, seed)
+    A folder that is missing, or whose files differ from its MANIFEST.json, is a CourseError naming the command
+    that builds it, rather than a traceback from deep inside transformers."""
+    folder = checkpoint_folder(arch, seed)
+    build = f"`{BUILD}{f' {arch} --seed {seed}' if seed else ''}` in {ROOT}"
+    if not (folder / "MANIFEST.json").is_file():
+        raise CourseError(f"the tiny {arch} checkpoint (seed {seed}) is not built: run {build} (`make setup` does)")
     try:
-        expected = json.loads(marker.read_text())
+        expected = json.loads((folder / "MANIFEST.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise CourseError(f"the tiny checkpoint cache at {folder} is corrupt ({exc}); delete it (rm -rf '{folder}') and run again") from exc
+        expected = exc
     if manifest(folder) != expected:
-        raise CourseError(f"the tiny checkpoint cache at {folder} is corrupt (its files differ from MANIFEST.json); "
-                          f"delete it (rm -rf '{folder}') and run again")
+        raise CourseError(f"the tiny checkpoint cache at {folder} is corrupt (its files differ from MANIFEST.json): "
+                          f"delete it (rm -rf '{folder}') and run {build}")
     return str(folder)
