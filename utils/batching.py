@@ -1,4 +1,4 @@
-"""Length-grouped batching, and the padding waste it removes (chapter 02's default; measured by `make bench`).
+"""Length-grouped batching, and the padding waste it removes (chapter 02's default).
 
 Padding to the longest example in a batch (chapters 02 and 04 do) wastes the pad positions: the model computes
 them and the loss ignores them. Batches of similar lengths waste little. `LengthGroupedBatchSampler` keeps the
@@ -55,19 +55,3 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler):
         if not self.drop_last:
             return sum(-(-min(self.mega_batch_size, n - s) // self.batch_size) for s in range(0, n, self.mega_batch_size))
         return sum(min(self.mega_batch_size, n - s) // self.batch_size for s in range(0, n, self.mega_batch_size))
-
-
-def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
-    """Plain shuffling, as DataLoader(shuffle=True) batches it: a random permutation cut into consecutive batches."""
-    check_int("n", n, minimum=0)
-    check_int("batch_size", batch_size, minimum=1)
-    order = torch.randperm(n, generator=generator).tolist()
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
-
-
-def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
-    """The fraction of the padded batches' positions that are padding: each batch pads to its longest example,
-    so it holds len(batch) x max length positions of which sum(lengths) are real tokens."""
-    positions = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
-    real = sum(lengths[i] for batch in batches for i in batch)
-    return 1 - real / positions if positions else 0.0
