@@ -82,7 +82,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.open_browser=False
 
 bench: tiny-checkpoints
-	$(TEST_ENV) OMP_NUM_THREADS=$$(nproc) $(PY) -m bench.run  # benchmarks use every core
+	$(TEST_ENV) $(PY) -m bench.run  # one torch thread (--threads): rewrites bench/RESULTS.md and the README's block
 
 # The wheels bench/gpu_device.sh installs on a GPU machine that lacks them (CPython 3.12, x86-64): about 45 MB.
 GPU_WHEELS := bitsandbytes==0.50.2 trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
