@@ -1,5 +1,6 @@
 """Section 6, on a CUDA GPU only: the chapters' real-shape recipes with random weights (no download), their peak
-GPU memory and tokens per second, beside utils.memory_budget's prediction and the verdict for a 16 GB T4.
+GPU memory and tokens per second, beside the memory budget's prediction (03-qlora-bloom/02_memory_budget.ipynb) and
+the verdict for a 16 GB T4.
 
 The T4 recipe is forced whatever the GPU: fp16 compute dtype, fp16 autocast with a GradScaler, fp32 LoRA weights
 (checked when the optimizer is built), and each chapter's loss path: trl's fused, chunked LM head for chapter 03
@@ -177,8 +178,8 @@ def measure(model, vocab: int, recipe: Recipe, device, autocast_dtype, warmup: i
 
 
 def predicted_bytes(recipe: Recipe) -> float:
-    """utils.memory_budget's prediction at the recipe's settings (bytes)."""
-    from utils.memory_budget import TRAINABLE_BYTES_PER_PARAM, memory_budget
+    """The memory budget's prediction (utils.lessons.memory_budget) at the recipe's settings (bytes)."""
+    from utils.lessons.memory_budget import TRAINABLE_BYTES_PER_PARAM, memory_budget
     from utils.real_models import meta_model
 
     meta = meta_model(recipe.model_id)
@@ -199,7 +200,7 @@ def predicted_bytes(recipe: Recipe) -> float:
 
 
 def run_recipe(recipe: Recipe, device, warmup: int = 2, steps: int = 5) -> dict:
-    from utils.memory_budget import T4_USABLE_BYTES
+    from utils.lessons.memory_budget import T4_USABLE_BYTES
     from utils.real_models import real_config
 
     dtype = T4_DTYPE  # the T4 recipe, whatever this GPU could do
@@ -250,7 +251,7 @@ def bench_gpu(quick: bool = False, deadline_s: float = 420.0, warmup: int = 2, s
             "GradScaler, fp32 LoRA weights. Random weights from the published configs, the chapters' batch sizes and "
             f"lengths; chapter 03's loss through trl's fused LM head, as its SFTTrainer computes it. Peak = "
             f"torch.cuda.max_memory_allocated over {warmup} warm-up and {steps} timed steps (median s/step). Budget = "
-            "utils.memory_budget.memory_budget as chapter 03 prints it (non-quantized parameters, the residual stream "
+            "utils.lessons.memory_budget.memory_budget (03-qlora-bloom/02_memory_budget.ipynb) as chapter 03 prints it (non-quantized parameters, the residual stream "
             "and what the quantized linears compute from it fp32 after prepare_model_for_kbit_training, the "
             "attention's matmuls fp16 under autocast), CUDA context included; "
             "gpt2-medium: fp32 weights, gradients and AdamW state + activations + logits. T4 verdict: peak + 0.5 GiB "

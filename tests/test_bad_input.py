@@ -27,7 +27,7 @@ from utils.errors import CourseArgumentError, CourseError
 from utils.hub import hub_errors, hub_failure
 from utils.lessons.gpt import GPTModel, calc_loss_loader, generate, load_gpt2, train_model
 from utils.lessons.instruction_data import custom_collate_fn, split_data
-from utils.memory_budget import memory_budget
+from utils.lessons.memory_budget import memory_budget
 from utils.real_models import meta_model
 from utils.resume import load_checkpoint, save_checkpoint
 from utils.smoke import fixture_path, tiny_checkpoint

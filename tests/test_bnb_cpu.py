@@ -160,7 +160,7 @@ def test_chapter_03_runs_as_on_a_cpu_without_avx512_bf16(monkeypatch):
     """The QLoRA notebook top to bottom with bitsandbytes' other CPU path, which CI machines without the instruction
     take (the plain notebook run, in `make test`, takes this machine's own path)."""
     monkeypatch.setenv("PYTHONPATH", str(NO_AVX512_BF16))
-    path = ROOT / "03-qlora-bloom" / "02_qlora_bloom_sfttrainer.ipynb"
+    path = ROOT / "03-qlora-bloom" / "03_qlora_bloom_sfttrainer.ipynb"
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("import bitsandbytes.functional\n"
                                               "print('AVX512-BF16:', bitsandbytes.functional.has_avx512bf16())"))

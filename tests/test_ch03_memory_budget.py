@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-from utils.memory_budget import CUDA_CONTEXT_BYTES, GIB, T4_USABLE_BYTES, budget_parameter_counts, memory_budget
+from utils.lessons.memory_budget import CUDA_CONTEXT_BYTES, GIB, T4_USABLE_BYTES, budget_parameter_counts, memory_budget
 from utils.real_models import meta_model
 from utils.smoke import tiny_checkpoint
 
@@ -167,7 +167,7 @@ def test_quantization_terms_match_what_bitsandbytes_stores(bloom7b, double_quant
     """bitsandbytes' NF4 codes and absmax constants for one of bloom-7b1's h x h weights, against the budget's rates."""
     import bitsandbytes.functional as bnbf
 
-    from utils.memory_budget import quantization_constant_bits
+    from utils.lessons.quantization import quantization_constant_bits
 
     torch.manual_seed(0)
     weight = torch.randn(H, H)
@@ -252,8 +252,10 @@ def _recipe_budget(bloom7b, b=4, s=256, checkpointing=True, loss="fused"):
 
 def test_the_figures_quoted_in_prose_are_the_budgets(bloom7b):
     """Every prose figure of the budget is the computed one: the chapter README's table, the course README's and the
-    notebook's 8.3 GiB, utils/machine.py's RECIPE_GPU_GB comment."""
+    QLoRA notebook's 8.3 GiB, the budget notebook's figures, utils/machine.py's RECIPE_GPU_GB comment."""
     import re
+
+    import nbformat
 
     from utils.paths import ROOT
 
@@ -277,10 +279,26 @@ def test_the_figures_quoted_in_prose_are_the_budgets(bloom7b):
     assert f"bloom-7b1 in 4-bit on a 16 GB T4: **{recipe} predicted**" in readme
     assert f"the recipe's {recipe} each, predicted above" in readme
     assert f"a 16 GB GPU (T4): {recipe} predicted" in (ROOT / "README.md").read_text()
-    notebook = (ROOT / "03-qlora-bloom" / "02_qlora_bloom_sfttrainer.ipynb").read_text()
+    notebook = (ROOT / "03-qlora-bloom" / "03_qlora_bloom_sfttrainer.ipynb").read_text()
     assert f"(about {recipe} predicted, below;" in notebook
+    cells = nbformat.read(ROOT / "03-qlora-bloom" / "02_memory_budget.ipynb", as_version=4).cells
+    lesson = " ".join(" ".join(c.source for c in cells if c.cell_type == "markdown").split())  # line breaks as spaces
+    loaded = {bits: memory_budget(bloom7b, weight_bits=bits).terms for bits in (4, 16)}
+    weights = [sum(loaded[bits][k] for k in ("quantized weights", "quantization constants", "unquantized weights"))
+               for bits in (4, 16)]
+    assert f"{weights[0] / GIB:.1f} GiB in NF4 with double quantization against {weights[1] / GIB:.1f} GiB in fp16" in lesson
+    no_dq = memory_budget(bloom7b, double_quant=False).terms["quantization constants"]
+    assert f"from {no_dq / GIB:.2f} GiB to {loaded[4]['quantization constants'] / GIB:.2f}" in lesson
+    embedding = [b.terms["unquantized weights"] / GIB for b in (memory_budget(bloom7b), columns[0])]
+    assert f"({embedding[0]:.1f} GiB in fp16, {embedding[1]:.1f} GiB in fp32)" in lesson
+    logits = columns[3].terms["logits"]
+    assert f"that is {logits / GIB:.1f} GiB, almost four times the activations" in lesson
+    assert 3.5 < logits / columns[0].terms["activations"] < 4
+    assert (f"would add {(columns[3].total - columns[0].total) / GIB:.1f} GiB to the recipe, "
+            f"{columns[3].total / GIB:.1f} GiB in all") in lesson
     env = (ROOT / "utils" / "machine.py").read_text()
-    assert re.search(rf'"03 bloom-7b1 4-bit QLoRA": 9,  # {re.escape(recipe)} predicted by utils.memory_budget', env)
+    assert re.search(rf'"03 bloom-7b1 4-bit QLoRA": 9,  # {re.escape(recipe)} predicted by '
+                     r'03-qlora-bloom/02_memory_budget\.ipynb', env)
     assert 9 > columns[0].total / GIB  # ... and RECIPE_GPU_GB's 9 GB holds it
 
 

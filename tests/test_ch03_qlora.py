@@ -247,7 +247,7 @@ def test_every_sfttrainer_gets_fp32_adapters_before_it_trains():
 
     from utils.paths import ROOT
 
-    sources = [ROOT / "03-qlora-bloom" / "train_qlora.py", ROOT / "03-qlora-bloom" / "02_qlora_bloom_sfttrainer.ipynb"]
+    sources = [ROOT / "03-qlora-bloom" / "train_qlora.py", ROOT / "03-qlora-bloom" / "03_qlora_bloom_sfttrainer.ipynb"]
     checked = 0
     for path in sources:
         code = path.read_text() if path.suffix == ".py" else "\n".join(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tools.nbexport import load
-from utils.memory_budget import quantization_constant_bits
+from utils.lessons.quantization import quantization_constant_bits
 
 CH03 = load("03-qlora-bloom/01_quantization_basics.ipynb")  # the lesson's code, from its notebook
 quantize_symmetric, dequantize_symmetric = CH03.quantize_symmetric, CH03.dequantize_symmetric

@@ -83,3 +83,15 @@ def test_the_maps_name_every_hand_written_module() -> None:
     contributing = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
     layout = contributing[contributing.index("## Where code lives"):contributing.index("Where new things go")]
     assert not [m for m in modules if not re.search(rf"\b{m}\b", layout)], "CONTRIBUTING.md's layout lacks a module"
+
+
+def test_the_maps_name_every_generated_module() -> None:
+    """utils/__init__.py's and CONTRIBUTING.md's maps name each module of utils/lessons/ (the ones `make sync` writes)."""
+    import utils
+
+    generated = {p.stem for p in nbexport.generated_files()}
+    lessons = utils.__doc__[utils.__doc__.index("utils/lessons/"):]
+    contributing = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    layout = contributing[contributing.index("utils/lessons/   generated"):contributing.index("tools/           the")]
+    assert [m for m in sorted(generated) if not re.search(rf"\b{m}\b", lessons)] == [], "utils/__init__.py's map"
+    assert [m for m in sorted(generated) if not re.search(rf"\b{m}\b", layout)] == [], "CONTRIBUTING.md's layout"

@@ -11,7 +11,7 @@ It fails on any error, and records each run's wall time and peak memory (the ker
 in docs/times.json, from which `python -m tools.times` writes docs/TIMES.md.
 
     python -m tools.full_check                     # everything (about 40 minutes on a busy 2-core CPU)
-    python -m tools.full_check 03-qlora-bloom/02_qlora_bloom_sfttrainer.ipynb
+    python -m tools.full_check 03-qlora-bloom/03_qlora_bloom_sfttrainer.ipynb
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ PLANS: dict[str, dict[str, object]] = {
         "TRAIN_SOURCE": str(fixture_path("squad_train")), "VALIDATION_SOURCE": str(fixture_path("squad_validation")),
         "TRAIN_N": 8, "VAL_LOSS_N": 2, "EVAL_N": 2, "EPOCHS": 2,
     },
-    "03-qlora-bloom/02_qlora_bloom_sfttrainer.ipynb": {"NUM_PROMPTS": 8, "EPOCHS": 2},
+    "03-qlora-bloom/03_qlora_bloom_sfttrainer.ipynb": {"NUM_PROMPTS": 8, "EPOCHS": 2},
     "04-instruction-gpt2/01_instruction_finetuning.ipynb": {
         "DATA_SOURCE": str(fixture_path("instructions")), "NUM_EPOCHS": 1, "EVAL_ITER": 1,
     },

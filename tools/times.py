@@ -36,7 +36,7 @@ T4_RECIPES: dict[str, tuple[float, ...]] = {
     # 2 epochs x 2,000 questions x ~250 tokens (SQuAD prompts: ~160 words of context); 400 answers x 16 tokens x 3 beams
     "02-lora-gptj/01_lora_gptj_squad.ipynb": (6.05e9, 2 * 2000 * 250, 400 * 16 * 3, 6.05e9 * 1.2),
     # 3 epochs x 120 prompts x ~120 tokens; 4 generations x 60 tokens
-    "03-qlora-bloom/02_qlora_bloom_sfttrainer.ipynb": (7.07e9, 3 * 120 * 120, 4 * 60, 7.07e9 * 0.55 + 1.03e9 * 4),
+    "03-qlora-bloom/03_qlora_bloom_sfttrainer.ipynb": (7.07e9, 3 * 120 * 120, 4 * 60, 7.07e9 * 0.55 + 1.03e9 * 4),
     # 2 epochs x 935 entries x ~90 tokens; 110 responses x 256 tokens without a KV cache: each new token re-reads
     # its whole context (~200 tokens on average)
     "04-instruction-gpt2/01_instruction_finetuning.ipynb": (3.55e8, 2 * 935 * 90, 110 * 256, 3.55e8 * 4,
@@ -125,7 +125,7 @@ def write_table(data: dict | None = None) -> str:
         "resident memory, sampled every 50 ms.",
         "",
         "What the notebooks printed about memory at real widths (CPU: the process's RSS, fp32 compute; the "
-        "predictions are utils.memory_budget's for the model loaded, CUDA context excluded):",
+        "predictions are the memory budget's (03-qlora-bloom/02_memory_budget.ipynb) for the model loaded, CUDA context excluded):",
         "",
         *[f"- `{name}`: {line}" for name in names for line in full.get(name, {}).get("memory", [])],
         "",

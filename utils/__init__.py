@@ -8,7 +8,6 @@
 - machine: device and dtype, the environment summary and advice, pins, peak memory, check_released
 - colab: what the Colab setup cell installs
 - real_models: the real models' published configs, for real-scale counts on the meta device
-- memory_budget: a (Q)LoRA fine-tune's GPU memory, predicted from shapes
 - resume: checkpoints that resume a hand-written training loop exactly
 - generation: text from a Hugging Face model, where generating is a tool, not the lesson
 - ch01_peft, ch01_methods: chapter 01's task, loop and checks, and its registry of methods
@@ -17,7 +16,8 @@
 - ch04_gpt2: chapter 04's checkpoints, tokenizer, instruction data and scores
 - ch05_text_data: chapter 05's sliding-window next-token data
 
-utils/lessons/ holds the modules `make sync` generates from notebook cells marked `#| export <module>`: edit the cells.
+utils/lessons/ holds the modules `make sync` generates from notebook cells marked `#| export <module>` (edit the
+cells): gpt and instruction_data (chapter 04), peft_recipes (chapter 01), quantization and memory_budget (chapter 03).
 """
 
 

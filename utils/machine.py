@@ -25,7 +25,7 @@ from utils.paths import ROOT
 RECIPE_GPU_GB = {
     "01 six PEFT methods on bloomz-560m": 6,
     "02 GPT-J 6B 8-bit + LoRA": 11,  # 6.9 GiB weights and optimizer state (computed) + activations (estimate)
-    "03 bloom-7b1 4-bit QLoRA": 9,  # 8.3 GiB predicted by utils.memory_budget at batch 4 x 256 (trl's fused head)
+    "03 bloom-7b1 4-bit QLoRA": 9,  # 8.3 GiB predicted by 03-qlora-bloom/02_memory_budget.ipynb at batch 4 x 256
     "04 gpt2-medium instruction fine-tune": 8,
     "05 GPT-2 124M pre-training loop": 4,
 }
