@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tools.nbexport import load
 from utils.ch03_qlora import load_prompt_dataset
-from utils.ch04_gpt2 import Tokenizer, generate_model_scores, load_instruction_data
+from utils.ch04_gpt2 import Tokenizer, load_instruction_data
 from utils.ch05_text_data import GPTDatasetV1, create_dataloader_v1
 from utils.checks import read_text
 from utils.errors import CourseArgumentError, CourseError
@@ -42,6 +42,8 @@ squad_v2_scores = SQUAD.squad_v2_scores
 LORA = load("04-instruction-gpt2/02_lora_from_scratch.ipynb")  # LoRA from scratch, from its notebook
 LoRALayer = LORA.LoRALayer
 replace_linear_with_lora = LORA.replace_linear_with_lora
+
+generate_model_scores = load("04-instruction-gpt2/01_instruction_finetuning.ipynb").generate_model_scores
 
 CH05 = load("05-lr-schedules/01_warmup_cosine_clipping.ipynb")  # the chapter's code, from its notebook
 CH03 = load("03-qlora-bloom/01_quantization_basics.ipynb")

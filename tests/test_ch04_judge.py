@@ -1,4 +1,5 @@
-"""Chapter 04: deterministic response scores and the Ollama judge client (against a local fake server)."""
+"""Chapter 04: deterministic response scores and the Ollama judge client (against a local fake server), as its
+notebook writes them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from utils.ch04_gpt2 import generate_model_scores, ollama_available, parse_score, query_model, rouge_l, token_f1
+from tools.nbexport import load
+from utils.errors import CourseError
+
+JUDGE = load("04-instruction-gpt2/01_instruction_finetuning.ipynb")  # the evaluation's code, from its notebook
+generate_model_scores, ollama_available, parse_score = JUDGE.generate_model_scores, JUDGE.ollama_available, JUDGE.parse_score
+query_model, rouge_l, token_f1 = JUDGE.query_model, JUDGE.rouge_l, JUDGE.token_f1
 
 
 def test_token_f1():
@@ -52,6 +58,13 @@ class _FakeOllama(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append((self.path, body))
         prompt = body["messages"][0]["content"]
+        if body["model"] == "not-pulled":
+            return self.send_error(404, "model not found")
+        if prompt == "STREAM":  # Ollama's default: one JSON object per line, the last one empty and done
+            return self._reply_lines([{"message": {"role": "assistant", "content": part}, "done": False}
+                                      for part in ("8", "5")] + [{"message": {"content": ""}, "done": True}])
+        if prompt == "NOT OLLAMA":
+            return self._reply({"choices": [{"text": "85"}]})  # another server's JSON
         content = "not a number" if "FAIL" in prompt else ("90" if "Blue" in prompt else "15")
         self._reply({"model": body["model"], "created_at": "2026-11-23T00:00:00Z",
                      "message": {"role": "assistant", "content": content}, "done": True})
@@ -60,6 +73,14 @@ class _FakeOllama(BaseHTTPRequestHandler):
         data = json.dumps(payload).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _reply_lines(self, payloads):
+        data = "".join(json.dumps(p) + "\n" for p in payloads).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -103,3 +124,13 @@ def test_judge_without_a_server_says_so_and_does_not_fail(capsys):
     assert not ollama_available(url, timeout_s=1)
     assert generate_model_scores([{"instruction": "a", "input": "", "output": "b", "model_response": "c"}], url=url) is None
     assert "No Ollama server" in capsys.readouterr().out
+    with pytest.raises(CourseError, match=r"no reply from the Ollama server at .* \(URLError: .*`ollama serve` still runs"):
+        query_model("x", url=url, timeout_s=1)
+
+
+def test_a_streamed_reply_is_joined_and_a_failed_request_says_what_to_do(fake_ollama):
+    assert query_model("STREAM", url=fake_ollama) == "85"
+    with pytest.raises(CourseError, match=r"answered 404 .* model 'not-pulled': run `ollama pull not-pulled`"):
+        query_model("Blue?", model="not-pulled", url=fake_ollama)
+    with pytest.raises(CourseError, match=r"not Ollama's JSON \(KeyError: 'message'\); is it an Ollama server\?"):
+        query_model("NOT OLLAMA", url=fake_ollama)

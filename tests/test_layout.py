@@ -24,7 +24,7 @@ def _chapters_of_lessons() -> dict[str, set[str]]:
 def test_the_graph_sees_the_imports() -> None:
     """The graph itself, on edges known to exist: a module-level import, a `from utils import` and a lazy import."""
     assert "utils.errors" in GRAPH["utils.smoke"] and "utils.checks" in GRAPH["utils.lessons.gpt"]
-    assert "utils.lessons.instruction_data" in GRAPH["utils.ch04_gpt2"]
+    assert "utils.lessons.quantization" in GRAPH["utils.lessons.memory_budget"]
     assert GRAPH.keys() >= {"utils", "utils.lessons", "utils.paths", "utils.lessons.peft_recipes"}
 
 

@@ -13,7 +13,7 @@
 - ch01_peft, ch01_methods: chapter 01's task, loop and checks, and its registry of methods
 - ch02_squad: chapter 02's SQuAD file, record and argument checks
 - ch03_qlora: chapter 03's prompt data, 4-bit checks, and trl and bitsandbytes workarounds
-- ch04_gpt2: chapter 04's checkpoints, tokenizer, instruction data and scores
+- ch04_gpt2: chapter 04's checkpoints, tokenizer, instruction data, and the LLM judge's checks and errors
 - ch05_text_data: chapter 05's sliding-window next-token data
 
 utils/lessons/ holds the modules `make sync` generates from notebook cells marked `#| export <module>` (edit the

@@ -1,24 +1,20 @@
 """Chapter 04's plumbing around the GPT-2 its notebook writes out (utils/lessons/gpt.py): the Hub's checkpoints and
-tokenizer, the instruction data files, and scoring responses (token F1, ROUGE-L, and an LLM judge through a local
-Ollama server, used only when one answers).
-"""
+tokenizer, the instruction data files, and the checks and errors of the LLM judge its evaluation asks (the scores
+themselves are the notebook's own code)."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import string
 import urllib.error
-import urllib.request
 import warnings
-from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from utils.checks import check_field, check_number, read_json
 from utils.errors import CourseError
 from utils.hub import download, hub_errors
-from utils.lessons.instruction_data import format_input
 
 #: The keys of a GPTModel config (GPT_CONFIG_124M in utils/lessons/gpt.py is one).
 GPT_CONFIG_KEYS = ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias")
@@ -138,128 +134,27 @@ def load_instruction_data(path_or_name: str | os.PathLike) -> list[dict]:
     return validate_instruction_data(read_json(path), source=str(path))
 
 
-OLLAMA_URL = "http://localhost:11434"
-
-
-def normalize_tokens(text: str) -> list[str]:
-    """Lower-cased words without punctuation (the SQuAD convention, minus its article removal)."""
-    text = text.lower().translate(str.maketrans("", "", string.punctuation))
-    return text.split()
-
-
-def _f1(overlap: int, predicted: int, reference: int) -> float:
-    """The harmonic mean of precision (overlap / predicted) and recall (overlap / reference); two empty texts agree."""
-    if not predicted or not reference:
-        return float(predicted == reference)
-    return 2 * overlap / (predicted + reference)
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """F1 of the words two texts share, with multiplicity: SQuAD's token F1 without its article removal (a response's
-    "a" and "the" are words of it)."""
-    pred, ref = normalize_tokens(prediction), normalize_tokens(reference)
-    return _f1(sum((Counter(pred) & Counter(ref)).values()), len(pred), len(ref))
-
-
-def _lcs_length(a: list[str], b: list[str]) -> int:
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b):
-            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1: the longest common word subsequence, as precision and recall, combined harmonically."""
-    pred, ref = normalize_tokens(prediction), normalize_tokens(reference)
-    return _f1(_lcs_length(pred, ref), len(pred), len(ref))
-
-
-def _opener():
-    return urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a local server: never through a proxy
-
-
-def ollama_available(url: str = OLLAMA_URL, timeout_s: float = 2.0) -> bool:
-    """True when an Ollama server answers at `url` (GET /api/tags lists its models)."""
+@contextmanager
+def ollama_errors(url: str, model: str) -> Iterator[None]:
+    """Turn a failed request to the Ollama server at `url` into a CourseError that says what to do."""
     try:
-        with _opener().open(url.rstrip("/") + "/api/tags", timeout=timeout_s) as response:
-            return response.status == 200
-    except (OSError, urllib.error.URLError, ValueError):
-        return False
-
-
-def query_model(prompt: str, model: str = "llama3.2", url: str = OLLAMA_URL, timeout_s: float = 120.0) -> str:
-    """The reply of an Ollama model to one user message (POST /api/chat, deterministic options as the source)."""
-    payload = {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": False,
-               "options": {"seed": 123, "temperature": 0, "num_ctx": 2048}}
-    request = urllib.request.Request(url.rstrip("/") + "/api/chat", data=json.dumps(payload).encode("utf-8"),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    try:
-        with _opener().open(request, timeout=timeout_s) as response:
-            body = response.read().decode("utf-8")
+        yield
     except urllib.error.HTTPError as exc:  # 404: the model is not pulled
         raise CourseError(f"the Ollama server at {url} answered {exc.code} {exc.reason} for model {model!r}: run "
                           f"`ollama pull {model}`, or pass another model=") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CourseError(f"the server at {url} sent a reply that is not Ollama's JSON ({type(exc).__name__}: {exc}); "
+                          "is it an Ollama server?") from None
     except (OSError, UnicodeDecodeError) as exc:  # the server went away, timed out, or answered garbage
         raise CourseError(f"no reply from the Ollama server at {url} ({type(exc).__name__}: {exc}); check that "
                           "`ollama serve` still runs") from None
-    reply = ""
-    for number, line in enumerate(body.splitlines(), start=1):  # one object, or one per line when it streams
-        try:
-            message = json.loads(line) if line.strip() else {}
-        except json.JSONDecodeError:
-            raise CourseError(f"the Ollama server at {url} sent a reply that is not JSON (line {number}: "
-                              f"{line[:80]!r}); is it an Ollama server?") from None
-        reply += (message.get("message") or {}).get("content", "") if isinstance(message, dict) else ""
-    return reply
 
 
-def judge_prompt(entry: dict, response_key: str = "model_response") -> str:
-    return (f"Given the input `{format_input(entry)}` and correct output `{entry['output']}`, "
-            f"score the model response `{entry[response_key]}` on a scale from 0 to 100, where 100 is the best score. "
-            "Respond with the integer number only.")
-
-
-#: A number, optionally a fraction of another ("7/10", "7 out of 10"), as a judge may write its score.
-_SCORE = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)(?:\s*(?:/|out of)\s*(\d+(?:\.\d+)?))?", re.IGNORECASE)
-
-
-def parse_score(reply: str) -> int | None:
-    """The judge's 0-100 score when its reply holds exactly one number ("85", "Score: 85%"; "7/10" and "7 out of 10"
-    are 70); None for no number, several (a guess) or one out of range."""
-    matches = _SCORE.findall(reply) if isinstance(reply, str) else []
-    if len(matches) != 1:
-        return None
-    value, total = float(matches[0][0]), matches[0][1]
-    if total:
-        if float(total) <= 0 or not 0 <= value <= float(total):
-            return None
-        value = 100 * value / float(total)
-    return round(value) if 0 <= value <= 100 else None
-
-
-def generate_model_scores(entries: list[dict], response_key: str = "model_response", model: str = "llama3.2",
-                          url: str = OLLAMA_URL) -> list[int] | None:
-    """A 0-100 score per response from an Ollama judge (replies without a usable one are reported and left out);
-    None, with a message saying how to get a judge, when no server answers."""
+def check_judge_entries(entries, response_key: str) -> None:
+    """CourseError unless `entries` is a non-empty list of records with FIELDS and a response under `response_key`."""
     if not isinstance(entries, list) or not entries:
         raise CourseError(f"generate_model_scores: entries must be a non-empty list of records, got {entries!r:.60}")
-    for i, entry in enumerate(entries):  # checked before the first request: the judge is slow
+    for i, entry in enumerate(entries):
         for name in (*FIELDS, response_key):
             check_field(entry, name, f"entry {i}", nonempty=False,
                         fix=f"each entry needs {FIELDS} and the response to judge under {response_key!r}")
-    if not ollama_available(url):
-        print(f"No Ollama server at {url}: skipping the LLM judge (the deterministic scores above stand). To use it: "
-              f"install Ollama (https://ollama.com), run `ollama serve` and `ollama pull {model}`, then rerun this cell.")
-        return None
-    scores = []
-    for i, entry in enumerate(entries):
-        reply = query_model(judge_prompt(entry, response_key), model=model, url=url)
-        score = parse_score(reply)
-        if score is None:
-            print(f"entry {i}: the judge's reply has no single score 0-100 (left out): {reply[:80]!r}")
-        else:
-            scores.append(score)
-    return scores
