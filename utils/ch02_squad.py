@@ -15,8 +15,8 @@ from utils.errors import CourseError
 
 
 def check_squad_fields(record, where: str, nonempty: bool = False) -> None:
-    """CourseError naming `where` and the field unless `record` is a flat SQuAD record: id, title, context, question
-    (strings; context and question not blank when `nonempty`) and answers {text: [str], answer_start: [int >= 0]}."""
+    """CourseError naming `where` and the field unless `record` is a flat SQuAD record (id, title, context, question,
+    answers {text: [str], answer_start: [int >= 0]}; context and question not blank when `nonempty`)."""
     for name in ("id", "title", "context", "question"):
         check_field(record, name, where, nonempty=name == "id" or (nonempty and name != "title"))
     answers = check_field(record, "answers", where, kind=dict, nonempty=False)
@@ -57,8 +57,7 @@ def _count_official_questions(squad: dict, path: Path) -> int:
 
 
 def read_squad_file(path: str | os.PathLike):
-    """A local SQuAD file, read and checked: the official layout ({"data": [...]}, returned as it is) or the Hub's
-    flat records (a JSON list or JSON Lines, returned as a list); CourseError naming the record and the field."""
+    """A local SQuAD file, checked: the official layout ({"data": [...]}, as it is) or flat records (a list)."""
     path = Path(path)
     squad = read_json(path)
     if isinstance(squad, dict):
@@ -94,8 +93,7 @@ def check_pad_token_id(pad_token_id) -> None:
 
 
 def check_record(record: dict) -> None:
-    """CourseError naming the record for a missing, mistyped or empty field, or an answer_start that does not point
-    at its text (the label would teach the wrong span)."""
+    """CourseError naming the record for a bad field, or an answer_start that does not point at its answer's text."""
     rid = record.get("id", "?") if isinstance(record, dict) else "?"
     check_squad_fields(record, f"record {rid}", nonempty=True)
     answers = record["answers"]
@@ -106,8 +104,7 @@ def check_record(record: dict) -> None:
 
 
 def check_fits(record: dict, room: int, max_length: int, offsets=(), answer_span: tuple[int, int] | None = None) -> None:
-    """CourseError naming the record when the prompt without its context, or the answer's own context tokens, do not
-    fit in `room` context tokens of `max_length`."""
+    """CourseError naming the record when its prompt, or its answer's context tokens, cannot fit in `room` tokens."""
     if room < 1:
         raise CourseError(f"record {record['id']}: instruction, question and answer alone take {max_length - room} "
                           f"tokens, more than max_length={max_length}; shorten the question or raise max_length")

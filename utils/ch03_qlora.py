@@ -16,8 +16,7 @@ from utils.hub import hub_errors
 
 
 def load_prompt_dataset(source, column="prompt", limit=None):
-    """The first `limit` prompts of a local .csv/.json/.jsonl file or a Hub dataset, as a `datasets.Dataset` with one
-    column, `text` (trl reads a `prompt` column as half of a prompt/completion pair); bad records are CourseErrors."""
+    """The first `limit` prompts of a .csv/.json/.jsonl file or a Hub dataset, as a Dataset with one column, `text`."""
     from datasets import Dataset, load_dataset  # datasets is slow to import: only when prompts are loaded
 
     check_int("limit", limit, minimum=1, optional=True)
@@ -36,8 +35,7 @@ def load_prompt_dataset(source, column="prompt", limit=None):
 
 
 def require_4bit_support(device):
-    """Raise a CourseError unless bitsandbytes can quantize to 4-bit NF4 and back on `device`: the probe decides, on
-    every device (bitsandbytes 0.50 registers 4-bit kernels for CUDA, the CPU, XPU and Apple's MPS)."""
+    """CourseError unless bitsandbytes can quantize to 4-bit NF4 and back on `device` (probed, on any device)."""
     device = torch.device(device)
     try:
         import bitsandbytes.functional as bnbf

@@ -66,8 +66,7 @@ def resolve_checkpoint(model_id_or_path: str | os.PathLike) -> Path:
 
 
 class Tokenizer:
-    """The chapter's small tokenizer interface (`encode`, `decode`, `eos_id`) over GPT-2's BPE in full mode
-    (<|endoftext|> = 50256) or the tiny checkpoint's in smoke mode; `<|endoftext|>` in a text encodes to `eos_id`."""
+    """GPT-2's BPE (full mode) or the tiny checkpoint's (smoke mode) as `encode`, `decode` and `eos_id`."""
 
     def __init__(self, name_or_path: str | os.PathLike):
         from transformers import AutoTokenizer
@@ -97,8 +96,8 @@ FIELDS = ("instruction", "input", "output")
 
 
 def validate_instruction_data(data, source: str = "the data") -> list[dict]:
-    """`data` if it is a non-empty list of {instruction, input, output} records (input may be ""), else a CourseError
-    naming the record and the field; duplicates are counted in a warning."""
+    """`data` if it is a non-empty list of {instruction, input, output} records, else a CourseError naming the
+    record and the field (input may be ""); duplicates are counted in a warning."""
     if not isinstance(data, list):
         keys = f" with keys {sorted(data)[:5]}" if isinstance(data, dict) else ""
         raise CourseError(f"{source}: expected a JSON list of records [{{\"instruction\": ..., \"input\": ..., "
@@ -122,8 +121,7 @@ def validate_instruction_data(data, source: str = "the data") -> list[dict]:
 
 
 def load_instruction_data(path_or_name: str | os.PathLike) -> list[dict]:
-    """The checked records of a local UTF-8 JSON (or JSON Lines) file, or of one of `DATA_SOURCES` by name (downloaded
-    once, cached)."""
+    """The checked records of a local JSON (or JSON Lines) file, or of one of `DATA_SOURCES` (downloaded once)."""
     if str(path_or_name) in DATA_SOURCES:
         path = download(DATA_SOURCES[str(path_or_name)], f"{path_or_name}.json")
     else:

@@ -10,6 +10,7 @@ import io
 import json
 import math
 import numbers
+import operator
 import os
 import sys
 from collections.abc import Sequence
@@ -31,39 +32,34 @@ def _bad(name: str, value, expected: str, hint: str = "") -> CourseArgumentError
     return CourseArgumentError(f"{_caller()}(): {name} must be {expected}, got {value!r}" + (f"; {hint}" if hint else ""))
 
 
-def _bounds(minimum=None, maximum=None, above=None, below=None) -> str:
-    return " and ".join(f"{op} {v}" for op, v in ((">", above), (">=", minimum), ("<=", maximum), ("<", below))
-                        if v is not None)
+_BOUNDS = (("above", ">", operator.gt), ("minimum", ">=", operator.ge), ("maximum", "<=", operator.le),
+           ("below", "<", operator.lt))
 
 
-def _within(value, minimum=None, maximum=None, above=None, below=None) -> bool:
-    return ((minimum is None or value >= minimum) and (maximum is None or value <= maximum)
-            and (above is None or value > above) and (below is None or value < below))
+def _check_range(name: str, value, kind: str, valid: bool, optional: bool, hint: str, **bounds):
+    """`value` if it is `valid` and within `bounds` (minimum, maximum, above, below), or None when `optional`."""
+    if value is None and optional:
+        return value
+    limits = [(op, test, bounds[key]) for key, op, test in _BOUNDS if bounds.get(key) is not None]
+    if not valid or not all(test(value, limit) for _, test, limit in limits):
+        expected = " ".join([kind, " and ".join(f"{op} {limit}" for op, _, limit in limits)]).strip()
+        raise _bad(name, value, expected + (" (or None)" if optional else ""), hint)
+    return value
 
 
 def check_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None, optional: bool = False,
               hint: str = ""):
     """`value` unchanged if it is an integer (not a bool) within [minimum, maximum], or None when `optional`."""
-    if value is None and optional:
-        return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not _within(value, minimum, maximum):
-        bounds = _bounds(minimum, maximum)
-        raise _bad(name, value, "an integer" + (f" {bounds}" if bounds else "") + (" (or None)" if optional else ""), hint)
-    return value
+    valid = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return _check_range(name, value, "an integer", valid, optional, hint, minimum=minimum, maximum=maximum)
 
 
 def check_number(name: str, value, *, minimum: float | None = None, maximum: float | None = None,
                  above: float | None = None, below: float | None = None, optional: bool = False, hint: str = ""):
-    """`value` unchanged if it is a finite real number (not a bool) with minimum <= value <= maximum, above < value
-    < below, or None when `optional`."""
-    if value is None and optional:
-        return value
-    if (isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value)
-            or not _within(value, minimum, maximum, above, below)):
-        bounds = _bounds(minimum, maximum, above, below)
-        raise _bad(name, value, "a finite number" + (f" {bounds}" if bounds else "") + (" (or None)" if optional else ""),
-                   hint)
-    return value
+    """`value` unchanged if it is a finite real number (not a bool) within the bounds given, or None when `optional`."""
+    valid = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    return _check_range(name, value, "a finite number", valid, optional, hint, minimum=minimum, maximum=maximum,
+                        above=above, below=below)
 
 
 def check_fraction(name: str, value, hint: str = ""):
@@ -87,8 +83,7 @@ def check_names(name: str, value, hint: str = "") -> list[str]:
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """The text of a UTF-8 file (without a byte-order mark); CourseError for a missing file, a folder, bytes that are
-    not UTF-8 (naming their line) or nothing but whitespace."""
+    """A UTF-8 file's text; CourseError for a missing file, a folder, bytes not UTF-8 (naming the line), no text."""
     path = Path(path)
     if path.is_dir():
         raise CourseError(f"{path} is a folder, not a file: pass the path of the file itself")
@@ -125,8 +120,7 @@ def _json_lines(text: str, path: Path) -> list[tuple[int, object]]:
 
 
 def read_json(path: str | os.PathLike):
-    """The content of a UTF-8 JSON file, or the list of a JSON Lines file's values; CourseError naming the line and
-    the column of a syntax error."""
+    """A UTF-8 JSON file's content, or a JSON Lines file's values; CourseError naming a syntax error's line, column."""
     path = Path(path)
     text = read_text(path)
     try:
@@ -175,8 +169,8 @@ def _csv_records(text: str, path: Path) -> list[Record]:
 
 
 def read_records(path: str | os.PathLike) -> list[Record]:
-    """The records of a UTF-8 .csv (a header row, then a record per row), .json (a list of objects) or .jsonl file;
-    CourseError naming the line or record for a ragged CSV row, a value that is not an object, or no records."""
+    """The records of a UTF-8 .csv (a header row, a record per row), .json (a list of objects) or .jsonl file,
+    checked: CourseError naming the line or record."""
     path = Path(path)
     if path.suffix not in (".csv", ".json", ".jsonl"):
         raise CourseError(f"{path}: the course reads records from .csv, .json and .jsonl files; rename or convert it")
@@ -239,8 +233,7 @@ def load_safetensors(path: str | os.PathLike) -> dict:
 
 
 def check_tensors(tensors: dict, expected: dict, source: str) -> None:
-    """CourseError naming `source` unless `tensors` has exactly the names and shapes of `expected` (a state_dict()),
-    before anything is loaded."""
+    """CourseError naming `source` unless `tensors` has exactly the names and shapes of `expected` (a state_dict())."""
     missing = sorted(expected.keys() - tensors.keys())
     unexpected = sorted(tensors.keys() - expected.keys())
     if missing or unexpected:

@@ -6,7 +6,6 @@ kernel had already imported, it asks for a restart (the old version would stay i
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import re
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 
 from utils.errors import CourseError
-from utils.machine import pinned_versions, version_mismatches
+from utils.machine import installed_versions, pinned_versions, version_mismatches
 from utils.paths import ROOT
 
 MIN_PYTHON = (3, 10)
@@ -48,19 +47,8 @@ def check_runtime(python: tuple[int, int], torch_version: str | None, supported:
                           f"none of its pinned packages was installed: use a runtime whose torch is in range, or run the course locally")
 
 
-def installed_versions() -> dict[str, str]:
-    """Every installed distribution's version, by normalised name (the first found on sys.path wins, as at import)."""
-    importlib.invalidate_caches()
-    found: dict[str, str] = {}
-    for dist in importlib.metadata.distributions():
-        found.setdefault(canonicalize_name(dist.metadata["Name"] or ""), dist.version)
-    found.pop("", None)  # a broken distribution without a name
-    return found
-
-
 def stale_modules(changed: Iterable[str], loaded: Iterable[str]) -> list[str]:
-    """Top-level modules, among `loaded`, that belong to a distribution in `changed` (normalised names): the running
-    kernel holds their old code."""
+    """The top-level modules among `loaded` whose distribution is in `changed`: the kernel holds their old code."""
     changed, loaded = set(changed), {name.partition(".")[0] for name in loaded}
     owners = importlib.metadata.packages_distributions()
     return sorted(module for module in loaded

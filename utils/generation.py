@@ -9,9 +9,8 @@ from utils.errors import CourseArgumentError
 
 def generate_text(model, tokenizer, prompts: Sequence[str | Sequence[int]], desc: str | None = None,
                   **settings) -> list[str]:
-    """Each prompt's continuation, decoded without the prompt. A prompt is text or a list of token ids; each is
-    generated alone (no padding), greedily unless `settings` (passed to `model.generate`) say otherwise, stopping at
-    the tokenizer's end of text. `desc` shows a progress bar. The model is put in eval mode (dropout off)."""
+    """Each prompt's continuation (text or token ids), generated alone (no padding), greedily unless `settings` (for
+    `model.generate`) say otherwise, decoded without the prompt; `desc`: a progress bar. Puts `model` in eval mode."""
     import torch
     from tqdm.auto import tqdm
 

@@ -33,8 +33,7 @@ def hub_failure(name: str, kind: str, exc: BaseException) -> str:
 
 @contextmanager
 def hub_errors(name, kind: str = "model") -> Iterator[None]:
-    """Turn the Hub libraries' errors for the Hub id `name` (a model, tokenizer or dataset) into a CourseError naming it
-    and saying what to do; a local folder's errors pass through."""
+    """Turn the Hub libraries' errors for the Hub id `name` into a CourseError saying what to do (a folder's pass)."""
     try:
         yield
     except OSError as exc:  # transformers', datasets' (ConnectionError) and huggingface_hub's (LocalEntryNotFound)
@@ -49,8 +48,7 @@ def hub_errors(name, kind: str = "model") -> Iterator[None]:
 
 
 def download(url: str, filename: str, *, sha256: str | None = None, timeout_s: float = 60.0) -> Path:
-    """The cached copy of `url` (as `filename` in the cache), downloaded on first use; a failed download, or a file
-    whose sha256 differs from `sha256`, is a CourseError saying what to do."""
+    """The cached copy of `url` (as `filename`), downloaded once; CourseError for a failed download or a bad sha256."""
     import requests
 
     path = cache_dir() / "downloads" / filename

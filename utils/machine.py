@@ -32,16 +32,14 @@ RECIPE_GPU_GB = {
 
 
 def pick_device():
-    """CUDA when present, else the CPU. Apple's MPS is not picked: no notebook is tested there (bitsandbytes 0.50
-    has 4-bit kernels for it; `utils.ch03_qlora.require_4bit_support` probes)."""
+    """CUDA when present, else the CPU (not Apple's MPS: no notebook is tested there)."""
     import torch
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def pick_dtype(device=None, capability: tuple[int, int] | None = None):
-    """bf16 on GPUs of compute capability >= 8.0, fp16 below (a T4 is 7.5), fp32 on a CPU; `capability` overrides
-    what CUDA reports (tests, planning a run on another GPU)."""
+    """bf16 at compute capability >= 8.0, fp16 below (a T4 is 7.5), fp32 on a CPU; `capability` overrides CUDA's."""
     import torch
 
     device = torch.device(device) if device is not None else pick_device()
@@ -57,8 +55,7 @@ def requirements_file() -> Path:
 
 
 def pinned_versions(requirements: str | os.PathLike | None = None) -> dict[str, str]:
-    """{normalised name: version} of the `name==version` pins of a requirements file and the files it includes
-    (`-r`); by default those of `requirements_file()`."""
+    """{normalised name: version} of a requirements file's `name==version` pins, its `-r` includes' too."""
     path = Path(requirements) if requirements is not None else requirements_file()
     pins: dict[str, str] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -69,17 +66,20 @@ def pinned_versions(requirements: str | os.PathLike | None = None) -> dict[str, 
     return pins
 
 
+def installed_versions() -> dict[str, str]:
+    """Every installed distribution's version, by normalised name (the first found on sys.path wins, as at import)."""
+    importlib.invalidate_caches()
+    found: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        found.setdefault(canonicalize_name(dist.metadata["Name"] or ""), dist.version)
+    found.pop("", None)  # a broken distribution without a name
+    return found
+
+
 def version_mismatches(pins: dict[str, str]) -> dict[str, tuple[str | None, str]]:
     """{name: (installed version or None, pinned version)} of the packages that differ from their pin."""
-    found = {}
-    for name, pinned in pins.items():
-        try:
-            installed = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            installed = None
-        if installed != pinned:
-            found[name] = (installed, pinned)
-    return found
+    installed = installed_versions()
+    return {name: (installed.get(name), pinned) for name, pinned in pins.items() if installed.get(name) != pinned}
 
 
 def environment_summary() -> dict[str, object]:
@@ -206,9 +206,8 @@ def watch(*objects) -> list:
 
 
 def check_released(device=None, watched=()) -> int:
-    """After `del model`: collect garbage, hand CUDA's cached blocks back, return the bytes still allocated on
-    `device` (0 on a CPU). A `watch`ed object still alive is a CourseError naming what holds it, before the next
-    model is loaded on top (two 7B models do not fit a 16 GB T4)."""
+    """After `del model`: collect garbage, empty CUDA's cache, return the bytes still allocated (0 on a CPU). A
+    `watch`ed object still alive is a CourseError naming what holds it, before the next model loads on top of it."""
     import gc
 
     import torch

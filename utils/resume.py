@@ -52,8 +52,7 @@ def _unmarker(tensors: dict):
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> Path:
-    """Write `checkpoint` to `path` (a .safetensors file), atomically: a crash at any moment leaves the previous
-    checkpoint there or the new one, complete, never a mix."""
+    """Write `checkpoint` to `path` (.safetensors) atomically: a crash leaves the previous one or the new one, whole."""
     from safetensors.torch import save_file
 
     path = Path(path)

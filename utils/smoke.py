@@ -62,8 +62,7 @@ def fixture_path(name: str) -> Path:
 
 
 def fingerprint(arch: str, seed: int) -> str:
-    """What a tiny checkpoint's bytes depend on: the builder's version, `arch`, `seed`, transformers' version and
-    the corpus files."""
+    """What a tiny checkpoint depends on: the builder's version, `arch`, `seed`, transformers' version, the corpus."""
     digest = hashlib.sha256(json.dumps([BUILDER_VERSION, arch, seed, importlib.metadata.version("transformers")]).encode())
     for name in CORPUS_FIXTURES:
         digest.update(fixture_path(name).read_bytes())
@@ -83,10 +82,8 @@ def manifest(folder: Path) -> dict[str, str]:
 
 
 def tiny_checkpoint(arch: str, seed: int = 0) -> str:
-    """The local folder of the tiny `arch` checkpoint ("gpt2", "gptj", "bloom", "llama"), as `make setup` built it.
-
-    A folder that is missing, or whose files differ from its MANIFEST.json, is a CourseError naming the command
-    that builds it, rather than a traceback from deep inside transformers."""
+    """The folder of the tiny `arch` checkpoint ("gpt2", "gptj", "bloom", "llama") that `make setup` built; a missing or
+    corrupt one (files that differ from its MANIFEST.json) is a CourseError naming the command that builds it."""
     folder = checkpoint_folder(arch, seed)
     build = f"`{BUILD}{f' {arch} --seed {seed}' if seed else ''}` in {ROOT}"
     if not (folder / "MANIFEST.json").is_file():
