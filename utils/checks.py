@@ -1,5 +1,6 @@
 """Checks of what a learner hands the course, each failing at once with a message that says what to do: arguments
-(`check_int`, `check_number`, `check_fraction`, `check_choice`, `check_names`: a CourseArgumentError naming the
+(`check_int`, `check_number`, `check_fraction`, `check_choice`, `check_names`, `check_flag`, `check_folder`:
+a CourseArgumentError naming the
 function and the argument) and files (`read_text`, `read_json`, `read_records`, `check_field`, `load_safetensors`,
 `check_tensors`: a CourseError naming the file, the line or record, and the field)."""
 
@@ -72,6 +73,28 @@ def check_choice(name: str, value, choices: Sequence, hint: str = ""):
     if isinstance(value, bool) or value not in choices:
         raise _bad(name, value, "one of " + ", ".join(map(repr, choices)), hint)
     return value
+
+
+def check_flag(name: str, value, hint: str = "") -> bool:
+    """`value` if it is True or False: the string "False" (from a config file or a command line) is refused, not
+    taken as true."""
+    if not isinstance(value, bool):
+        raise _bad(name, value, "True or False", hint or ("write the bool itself, not a string" if isinstance(value, str)
+                                                           else ""))
+    return value
+
+
+def check_folder(name: str, value, *, exists: bool = False, hint: str = "") -> Path:
+    """`value` as a Path to a folder: never an existing file; with `exists`, a folder that is there. Checked where the
+    path is taken, before any work that would be lost when writing into it fails."""
+    if not isinstance(value, str | os.PathLike) or not str(value).strip():
+        raise _bad(name, value, "a folder path", hint)
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise _bad(name, value, "a folder, not an existing file", hint or "pass a folder path, or move the file away")
+    if exists and not path.is_dir():
+        raise _bad(name, value, "an existing folder", hint or f"create it first (mkdir -p {path})")
+    return path
 
 
 def check_names(name: str, value, hint: str = "") -> list[str]:
