@@ -114,6 +114,7 @@ def test_nbmake_runs_notebooks_over_ipc_and_a_deprecated_call_fails(tmp_path):
 def test_the_kernels_apply_pyprojects_filters_in_order():
     filters = warning_filters()
     assert filters[:2] == [("error", "", "FutureWarning", ""), ("error", "", "DeprecationWarning", "")]
+    assert all(action == "error" for action, *_ in filters[:3]), "errors first: a later exemption wins"
     exempt = [f for f in filters if f[0] == "ignore"]
     assert exempt and all(message for _, message, _, _ in exempt), "an exemption names its exact message"
     code = warnings_preamble()
@@ -126,6 +127,10 @@ def test_the_kernels_apply_pyprojects_filters_in_order():
             warnings.warn("the course called an old name", FutureWarning, stacklevel=1)
         with pytest.raises(DeprecationWarning):
             warnings.warn("the course called an old name", DeprecationWarning, stacklevel=1)
+        with pytest.raises(UserWarning, match="use_reentrant"):
+            import torch.utils.checkpoint
+
+            torch.utils.checkpoint.checkpoint(lambda x: x * 2, torch.ones(1, requires_grad=True))
         # a library's own call the course cannot avoid: what a learner's kernel does with it (shown / not shown)
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6. Use "
                       "`is_activation_checkpointing` instead.", FutureWarning, stacklevel=1)

@@ -20,6 +20,7 @@ use it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import typing as t
@@ -43,7 +44,8 @@ MAX_SOCKET_DIR = 90
 class IPCKernelManager(AsyncKernelManager):
     """jupyter_client's kernel manager, with IPC transport in a temporary folder of the kernel's own."""
 
-    transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+    # Windows has no Unix sockets for ZeroMQ's IPC: TCP there.
+    transport = CaselessStrEnum(["tcp", "ipc"], default_value="tcp" if os.name == "nt" else "ipc", config=True)
 
     @property
     def socket_dir(self) -> Path:
