@@ -106,8 +106,8 @@ def main(argv=None) -> int:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         model = AutoModelForCausalLM.from_pretrained(args.model, quantization_config=bnb_config, dtype=dtype,
                                                      device_map={"": local_rank if on_gpu else "cpu"})
-    # Non-reentrant checkpointing: the reentrant kind clashes with DDP's gradient hooks.
-    model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+    # Freeze and upcast; checkpointing is SFTConfig's below (peft would turn it on by transformers' deprecated name).
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     check_target_modules(model, args.target_modules)
     lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules=args.target_modules,
                       task_type="CAUSAL_LM")
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         ddp_backend="gloo" if distributed and not on_gpu else None,  # gloo for CPU processes; one process: none
         ddp_find_unused_parameters=False,
         activation_checkpointing=True,  # transformers 5's name for gradient checkpointing
-        activation_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing_kwargs={"use_reentrant": False},  # the reentrant kind clashes with DDP's hooks
         logging_steps=1,
         save_strategy="no",
         report_to="none",

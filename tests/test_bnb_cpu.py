@@ -17,10 +17,10 @@ import pytest
 import torch
 from bitsandbytes.functional import has_avx512bf16
 from bitsandbytes.nn import Linear4bit
-from nbclient import NotebookClient
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from tools.kernels import CourseNotebookClient
 from utils.ch03_qlora import is_repacked, keep_4bit_trainable
 from utils.errors import CourseError
 from utils.paths import ROOT
@@ -57,7 +57,9 @@ def _generate(model) -> torch.Tensor:
 
 def _train_steps(model, steps: int = 3) -> tuple[list[float], float]:
     """LoRA on the prepared 4-bit model, a few AdamW steps on one batch; returns the losses and |LoRA B| after."""
-    model = get_peft_model(prepare_model_for_kbit_training(model),
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model.activation_checkpointing_enable({"use_reentrant": False})  # as SFTTrainer does in chapter 03
+    model = get_peft_model(model,
                            LoraConfig(r=8, lora_alpha=16, target_modules=["query_key_value"], task_type="CAUSAL_LM"))
     model.train()
     batch = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -164,7 +166,8 @@ def test_chapter_03_runs_as_on_a_cpu_without_avx512_bf16(monkeypatch):
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("import bitsandbytes.functional\n"
                                               "print('AVX512-BF16:', bitsandbytes.functional.has_avx512bf16())"))
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    CourseNotebookClient(nb, timeout=600, kernel_name="python3",
+                         resources={"metadata": {"path": str(path.parent)}}).execute()
     printed = "".join(o.get("text", "") for cell in nb.cells for o in cell.get("outputs", []))
     assert "AVX512-BF16: False" in printed  # the kernel ran with the instruction hidden
     assert "reloaded vs trained: 0.00e+00" in printed and "resumed from checkpoint-" in printed

@@ -28,7 +28,9 @@ def lora_config():
 def load_8bit():
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint("gptj"), dtype=torch.float16, device_map="auto",
                                                  quantization_config=BitsAndBytesConfig(load_in_8bit=True))
-    return prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # as chapter 02 calls it
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +50,12 @@ def test_prepare_model_for_kbit_training_freezes_upcasts_and_checkpoints():
     assert model.get_input_embeddings()(torch.tensor([[1]])).requires_grad
 
 
-@pytest.mark.parametrize("kwargs", [{"use_reentrant": False}, None], ids=["non-reentrant", "default"])
-def test_who_makes_the_input_embeddings_require_grad(kwargs, monkeypatch):
-    """With use_reentrant=False (chapter 02's call) peft skips its enable_input_require_grads step, which only
-    reentrant checkpointing needs; transformers registers the same hook itself when it turns checkpointing on.
-    Without kwargs peft calls it too. Before prepare the embeddings' output requires grad for another reason: their
-    weight is still trainable."""
+def test_who_makes_the_input_embeddings_require_grad(monkeypatch):
+    """Chapter 02's two calls: peft's prepare_model_for_kbit_training with use_gradient_checkpointing=False freezes
+    and upcasts and leaves the embeddings' output alone (its enable_input_require_grads step belongs to the
+    checkpointing it was told to skip); transformers' activation_checkpointing_enable registers that hook itself when
+    it turns checkpointing on. Before prepare the embeddings' output requires grad for another reason: their weight
+    is still trainable."""
     import inspect
 
     from transformers import PreTrainedModel
@@ -71,10 +73,13 @@ def test_who_makes_the_input_embeddings_require_grad(kwargs, monkeypatch):
     embeddings = model.get_input_embeddings()
     assert embeddings.weight.requires_grad and not embeddings._forward_hooks
     assert embeddings(torch.tensor([[1]])).requires_grad  # before: through the trainable weight
-    prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs=kwargs)
-    assert not embeddings.weight.requires_grad
-    assert embeddings(torch.tensor([[1]])).requires_grad  # after: through a forward hook
-    assert callers == (["transformers"] if kwargs else ["peft", "transformers"])
+    prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    assert not embeddings.weight.requires_grad and not model.is_activation_checkpointing
+    assert not embeddings(torch.tensor([[1]])).requires_grad and callers == []  # prepared: nothing requires grad
+    model.activation_checkpointing_enable({"use_reentrant": False})
+    assert model.is_activation_checkpointing
+    assert embeddings(torch.tensor([[1]])).requires_grad  # after: through transformers' forward hook
+    assert callers == ["transformers"]
 
 
 def test_lora_starts_as_the_base_model_then_trains_and_reloads(batch, tmp_path):

@@ -41,7 +41,8 @@ NOTEBOOK = ROOT / "02-lora-gptj" / "01_lora_gptj_squad.ipynb"
 def lora_model(seed: int = 0):
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint("gptj"), dtype=torch.float16, device_map={"": "cpu"},
                                                  quantization_config=BitsAndBytesConfig(load_in_8bit=True))
-    model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # as chapter 02 calls it
+    model.activation_checkpointing_enable({"use_reentrant": False})
     torch.manual_seed(seed)
     return get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "v_proj"],
                                             lora_dropout=0.05, bias="none", task_type="CAUSAL_LM"))

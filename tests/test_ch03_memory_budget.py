@@ -59,7 +59,7 @@ def test_activation_terms_match_what_autograd_keeps(h, a, s, b):
         torch.manual_seed(0)
         model = BloomForCausalLM(BloomConfig(vocab_size=256, hidden_size=h, n_layer=layers, n_head=a, use_cache=False))
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable({"use_reentrant": False})
         return model.to(torch.bfloat16).train()
 
     kept = {gc: _saved_for_backward(bloom(2, gc), b, s) - _saved_for_backward(bloom(1, gc), b, s) for gc in (False, True)}
@@ -86,7 +86,7 @@ def _recipe_model(lora_r: int = 4):
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint("bloom"), quantization_config=config,
                                                  dtype=torch.float16)
     keep_4bit_trainable(model)
-    model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_r, lora_dropout=0.0,
                                              target_modules=["query_key_value"], task_type="CAUSAL_LM"))
     model.base_model.model.activation_checkpointing_disable()  # to see one block's own tensors
@@ -317,7 +317,7 @@ def test_the_residual_stream_is_fp32_after_prepare_at_fp16_compute():
         with torch.no_grad():
             model(torch.tensor([[5, 6, 7, 8]]))
         hook.remove()
-        model = prepare_model_for_kbit_training(model)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     assert seen == {"loaded": torch.float16, "prepared": torch.float32}
 
 
@@ -338,7 +338,8 @@ def test_trl_sft_training_never_holds_the_full_logits(tmp_path):
                                             task_type="CAUSAL_LM"))
     text = " ".join(["the painter walked to the harbour and looked at the boats"] * 40)  # > 256 tokens
     args = SFTConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, max_length=256,
-                     use_cpu=True, bf16=False, fp16=False, report_to="none", save_strategy="no", logging_steps=1)
+                     use_cpu=True, bf16=False, fp16=False, report_to="none", save_strategy="no", logging_steps=1,
+                     activation_checkpointing=True)  # trl's default, by transformers' current name
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": [text] * 4}),
                          processing_class=tokenizer)
     with peak_memory("cpu") as fused_step:

@@ -30,14 +30,14 @@ def _model():
 def _peft_model():
     lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules=["query_key_value"],
                       task_type="CAUSAL_LM")
-    return get_peft_model(prepare_model_for_kbit_training(_model()), lora)
+    return get_peft_model(prepare_model_for_kbit_training(_model(), use_gradient_checkpointing=False), lora)
 
 
 def _trainer(model, out, data):
     config = SFTConfig(output_dir=str(out), max_steps=STEPS, learning_rate=1e-2, per_device_train_batch_size=4,
                        max_length=128, dataset_text_field="text", fp16=False, bf16=False, use_cpu=True,
                        logging_steps=1, save_strategy="steps", save_steps=STEPS // 2, report_to="none", seed=0,
-                       disable_tqdm=True)
+                       disable_tqdm=True, activation_checkpointing=True)  # as chapter 03's SFTConfig
     tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint("bloom"))
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)
     adapters_to_fp32(trainer.model)
@@ -130,7 +130,8 @@ def test_trl_casts_adapters_to_bf16_and_they_are_cast_back(tmp_path):
     cannot unscale on a T4; `adapters_to_fp32` restores fp32 before the optimizer exists."""
     data = load_prompt_dataset(str(fixture_path("prompts")), limit=8)
     config = SFTConfig(output_dir=str(tmp_path), max_steps=1, max_length=64, dataset_text_field="text", fp16=False,
-                       bf16=False, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True)
+                       bf16=False, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True,
+                       activation_checkpointing=True)
     trainer = SFTTrainer(model=_peft_model(), args=config, train_dataset=data,
                          processing_class=AutoTokenizer.from_pretrained(tiny_checkpoint("bloom")))
     trainable = [p for p in trainer.model.parameters() if p.requires_grad]
@@ -155,7 +156,7 @@ def test_reloaded_adapter_gives_the_same_logits(trained, compute_dtype):
         model = AutoPeftModelForCausalLM.from_pretrained(out / "adapter", quantization_config=config,
                                                          dtype=compute_dtype, device_map={"": "cpu"})
         keep_4bit_trainable(model)
-        return (prepare_model_for_kbit_training(model) if prepare else model).eval()
+        return (prepare_model_for_kbit_training(model, use_gradient_checkpointing=False) if prepare else model).eval()
 
     model = trainer.model.eval() if compute_dtype == torch.float32 else load(prepare=True)
     reloaded = load(prepare=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 import nbformat
 import pytest
 from machine import PYTHON_313, needs
-from nbclient import NotebookClient
 
+from tools.kernels import CourseNotebookClient
 from tools.nbtools import COLAB_DIR, setup_source
 from tools.tiny_checkpoints import BUILDS
 from utils.colab import MIN_PYTHON, check_runtime, torch_range
@@ -94,8 +94,8 @@ def _run_on_colab(tmp_path: Path, monkeypatch, cells: list[str], pip_fails: bool
     work.mkdir()
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell("import google.colab"), *map(nbformat.v4.new_code_cell, cells)]
-    NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
-                   resources={"metadata": {"path": str(work)}}).execute()
+    CourseNotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=True,
+                         resources={"metadata": {"path": str(work)}}).execute()
     def text(output) -> str:  # what the learner reads: printed lines and the error, not libraries' warnings
         if output.output_type == "error":
             return f"{output.ename}: {output.evalue}"

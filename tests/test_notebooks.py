@@ -70,6 +70,9 @@ def test_no_notebook_edits_sys_path(path: Path) -> None:
         assert not re.search(r"sys\.path\.(insert|append|extend)|sys\.path\s*(\+=|=)", cell), f"cell {i} edits sys.path"
 
 
+DEPRECATED_NAMES = {"gradient_checkpointing_enable": "activation_checkpointing_enable",
+                    "gradient_checkpointing_disable": "activation_checkpointing_disable",
+                    "is_gradient_checkpointing": "is_activation_checkpointing"}
 OLD_KEYWORDS = {"torch_dtype": "dtype", "evaluation_strategy": "eval_strategy", "max_seq_length": "max_length",
                 "trust_remote_code": "(nothing: the course never runs a repository's code)"}
 
@@ -84,12 +87,21 @@ def test_reports_a_key_figure_and_uses_todays_safe_apis(path: Path) -> None:
             if isinstance(node, ast.Name | ast.Attribute):
                 name = node.id if isinstance(node, ast.Name) else node.attr
                 assert name != "prepare_model_for_int8_training", "use prepare_model_for_kbit_training"
+                assert name not in DEPRECATED_NAMES, f"{name} is deprecated: use {DEPRECATED_NAMES.get(name)}"
             if not isinstance(node, ast.Call):
                 continue
             func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
             keywords = {k.arg for k in node.keywords}
             for old, new in OLD_KEYWORDS.items():
                 assert old not in keywords, f"{func}({old}=...) is the old API: use {new}"
+            if func == "prepare_model_for_kbit_training":  # it would call transformers' deprecated name
+                assert any(k.arg == "use_gradient_checkpointing" and getattr(k.value, "value", None) is False
+                           for k in node.keywords), ("pass use_gradient_checkpointing=False and turn checkpointing on "
+                                                     "with activation_checkpointing_enable (or the Trainer's "
+                                                     "activation_checkpointing=True)")
+            if func.endswith(("Config", "Arguments")):
+                assert not keywords & {"gradient_checkpointing", "gradient_checkpointing_kwargs"}, (
+                    "use activation_checkpointing=, activation_checkpointing_kwargs=")
             if func == "from_pretrained":
                 assert not keywords & {"load_in_8bit", "load_in_4bit"}, "use quantization_config=BitsAndBytesConfig(...)"
             if func == "load" and "weights_only" in keywords:

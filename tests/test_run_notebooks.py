@@ -46,3 +46,19 @@ def test_a_failing_notebook_is_reported_not_raised(tmp_path, monkeypatch) -> Non
     assert result.key_figure == "x = 1"
     assert (tmp_path / "build" / "99-demo" / "broken.ipynb").is_file()
     assert (tmp_path / "build" / "99-demo" / "broken.html").is_file()
+
+
+def test_warning_lines_are_counted_once_each_with_their_cell() -> None:
+    """Python's warning and its echoed source line count once; a library's logged line counts; progress bars and
+    what the notebook prints on stdout do not."""
+    nb = nbformat.v4.new_notebook()
+    quiet, noisy = nbformat.v4.new_code_cell(""), nbformat.v4.new_code_cell("")
+    quiet.outputs = [nbformat.v4.new_output("stream", name="stdout", text="a UserWarning in a sentence\n")]
+    noisy.outputs = [nbformat.v4.new_output("stream", name="stderr", text=(
+        "/x/peft/mapping_func.py:154: UserWarning: renamed to 'None'\n  warnings.warn(\n"
+        "Loading weights: 100%|##########| 29/29 [00:00<00:00]\n\n"
+        "[transformers] `use_cache=True` is incompatible with gradient checkpointing.\n"))]
+    nb.cells = [quiet, noisy]
+    assert run_notebooks.warning_lines(nb) == [
+        (1, "UserWarning: renamed to 'None'"),
+        (1, "[transformers] `use_cache=True` is incompatible with gradient checkpointing.")]

@@ -1,15 +1,19 @@
 """Notebook tooling: the generated Colab badge and setup cells, exported modules, README blocks, new notebooks,
 stripping outputs.
 
-`python -m tools.nbtools sync` rewrites every notebook's badge and setup cell from `utils.paths.REPO_URL`
-(the one place the repository URL is defined), every module the notebooks' `#| export` cells make
-(tools/nbexport.py), and the READMEs' lists of chapter 01's methods from its registry (utils/ch01_methods.py);
-`python -m tools.nbtools check` fails on any of them being stale; `strip` removes outputs.
+`python -m tools.nbtools sync` first points `utils.paths.REPO_SLUG` (the one place the repository is named) at the
+GitHub repository `git remote get-url origin` names, when it names one (a fork's badges are then its own), then
+rewrites every notebook's badge and setup cell from it (the setup cell collapsed to its title line, in Colab and in
+JupyterLab), every module the notebooks' `#| export` cells make (tools/nbexport.py), and the READMEs' lists of
+chapter 01's methods from its registry (utils/ch01_methods.py); `python -m tools.nbtools check` fails on any of them
+being stale, and never reads the remote (a fresh clone passes it); `strip` removes outputs.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,12 +21,21 @@ from pathlib import Path
 import nbformat
 
 from tools import nbexport
-from utils.paths import REPO_SLUG, REPO_URL, ROOT
+from utils import paths
+from utils.paths import ROOT
 
 COLAB_DIR = "/content/peft-course"
 BADGE_TAG = "colab-badge"
 SETUP_TAG = "setup"
 PARAMETERS_TAG = "parameters"
+#: The setup cell's first line: what Colab (a form's title) and JupyterLab (a hidden cell's first line) show of it.
+SETUP_TITLE = "# @title Setup: on Colab, install the course and its pinned ML stack (open the cell to see the code)"
+#: The setup cell's metadata beyond its tag: collapsed to that line in Colab (a form) and in JupyterLab.
+SETUP_METADATA = {"cellView": "form", "jupyter": {"source_hidden": True}}
+#: A GitHub repository's address, as `git remote get-url origin` prints it (https, or ssh in either spelling).
+GITHUB_REMOTE = re.compile(r"^(?:https://(?:[^@/]+@)?|ssh://git@|git@)(?i:github\.com)[/:]"
+                           r"(?P<slug>[A-Za-z0-9](?:[A-Za-z0-9-]*)/[A-Za-z0-9._-]+?)(?:\.git)?/?$")
+PATHS_FILE = ROOT / "utils" / "paths.py"
 
 
 def notebooks(root: Path = ROOT) -> list[Path]:
@@ -33,17 +46,18 @@ def notebooks(root: Path = ROOT) -> list[Path]:
 def badge_source(path: Path) -> str:
     """The "Open in Colab" badge for the notebook at `path`."""
     rel = path.resolve().relative_to(ROOT).as_posix()
-    url = f"https://colab.research.google.com/github/{REPO_SLUG}/blob/main/{rel}"
+    url = f"https://colab.research.google.com/github/{paths.REPO_SLUG}/blob/main/{rel}"
     return f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
 
 
 def setup_source() -> str:
     """The setup cell: on Colab, clone the course, install it and its ML stack (utils/colab.py); elsewhere, check
-    that `make setup` installed it. No notebook edits sys.path: the course is a package (pyproject.toml)."""
+    that `make setup` installed it. No notebook edits sys.path: the course is a package (pyproject.toml). Its first
+    line, a comment, is the title Colab and JupyterLab show while it is collapsed (SETUP_METADATA)."""
     return (
-        "# Setup. On Colab: fetch the course, install it (editable: `import utils` then finds it, now and after a restart)\n"
-        "# and its ML stack, leaving Colab's own packages (torch, the kernel, pandas, ...) as they are. Elsewhere\n"
-        "# `make setup` has installed everything: this only checks that this kernel's Python sees the course.\n"
+        f"{SETUP_TITLE}\n"
+        "# On Colab: clone the course, install it editable (`import utils` then works, also after a restart) and its ML\n"
+        "# stack, leaving Colab's own packages (torch, the kernel, pandas, ...) alone. Elsewhere `make setup` did it all.\n"
         "import importlib.metadata\n"
         "import importlib.util\n"
         "import site\n"
@@ -51,7 +65,7 @@ def setup_source() -> str:
         "import sys\n"
         "from pathlib import Path\n"
         "\n"
-        f'REPO_URL = "{REPO_URL}"  # generated from utils/paths.py\n'
+        f'REPO_URL = "{paths.REPO_URL}"  # generated from utils/paths.py\n'
         'if "google.colab" in sys.modules:\n'
         f'    ROOT = Path("{COLAB_DIR}")\n'
         '    if not (ROOT / "utils").is_dir():\n'
@@ -86,6 +100,62 @@ def _tagged(cell, tag: str) -> bool:
     return tag in cell.get("metadata", {}).get("tags", [])
 
 
+def _collapsed(cell) -> bool:
+    """Whether a cell carries SETUP_METADATA (other keys in its metadata may be there too)."""
+    metadata = cell.get("metadata", {})
+    return all(metadata.get(key) == value if not isinstance(value, dict)
+               else all(metadata.get(key, {}).get(k) == v for k, v in value.items())
+               for key, value in SETUP_METADATA.items())
+
+
+def _collapse(cell) -> None:
+    cell.metadata["cellView"] = SETUP_METADATA["cellView"]
+    cell.metadata.setdefault("jupyter", {}).update(SETUP_METADATA["jupyter"])
+
+
+def github_slug(url: str) -> str | None:
+    """"OWNER/REPO" of a GitHub remote URL (https://github.com/OWNER/REPO(.git), git@github.com:OWNER/REPO(.git),
+    ssh://git@github.com/OWNER/REPO(.git)); None for any other address."""
+    match = GITHUB_REMOTE.match(url.strip())
+    return match["slug"] if match else None
+
+
+def origin_slug(root: Path = ROOT) -> str | None:
+    """The GitHub repository `git remote get-url origin` names in `root`; None without git, a repository, an origin,
+    or when origin is not on GitHub."""
+    try:
+        run = subprocess.run(["git", "-C", str(root), "remote", "get-url", "origin"], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return github_slug(run.stdout) if run.returncode == 0 else None
+
+
+def set_repo_slug(slug: str, paths_file: Path = PATHS_FILE) -> bool:
+    """Write `slug` into utils/paths.py's one `REPO_SLUG` line (and this process's utils.paths); True if it changed."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*/[A-Za-z0-9._-]+", slug):
+        raise ValueError(f"{slug!r} is not a GitHub OWNER/REPO")
+    text = paths_file.read_text(encoding="utf-8")
+    line = re.compile(r'^REPO_SLUG: str = "([^"]*)"$', re.MULTILINE)
+    if len(line.findall(text)) != 1:
+        raise ValueError(f"{paths_file}: expected one line `REPO_SLUG: str = \"OWNER/REPO\"`")
+    changed = line.search(text)[1] != slug
+    if changed:
+        paths_file.write_text(line.sub(f'REPO_SLUG: str = "{slug}"', text), encoding="utf-8")
+    if paths_file.resolve() == PATHS_FILE.resolve():
+        paths.REPO_SLUG, paths.REPO_URL = slug, f"https://github.com/{slug}"
+    return changed
+
+
+def follow_origin(root: Path = ROOT, paths_file: Path = PATHS_FILE) -> str:
+    """`sync`'s first step: REPO_SLUG from the origin remote when it is on GitHub, else unchanged. Says which."""
+    slug = origin_slug(root)
+    if slug is None:
+        return f"REPO_URL: kept {paths.REPO_URL} (no GitHub origin remote)"
+    changed = set_repo_slug(slug, paths_file)
+    return f"REPO_URL: {'set to' if changed else 'in sync with origin,'} https://github.com/{slug}"
+
+
 def make_notebook(path: Path, cells: Sequence[tuple[str, str] | tuple[str, str, list[str]]]) -> Path:
     """Write a new notebook: `cells` is [(kind, source[, tags])] with kind "md" or "code"; the first must be the
     markdown title. The badge and setup cells are inserted after it. Returns the path."""
@@ -106,6 +176,7 @@ def make_notebook(path: Path, cells: Sequence[tuple[str, str] | tuple[str, str, 
         raise ValueError("the first cell must be the markdown title")
     badge = nbformat.v4.new_markdown_cell(badge_source(path), metadata={"tags": [BADGE_TAG]})
     setup = nbformat.v4.new_code_cell(setup_source(), metadata={"tags": [SETUP_TAG]})
+    _collapse(setup)
     nb.cells = [made[0], badge, setup, *made[1:]]
     _write(nb, path)
     return path
@@ -118,13 +189,17 @@ def _write(nb, path: Path) -> None:
 
 
 def sync(path: Path) -> bool:
-    """Regenerate the badge and setup cells of one notebook; return True if anything changed."""
+    """Regenerate the badge and setup cells of one notebook (the setup cell collapsed); return True if anything
+    changed."""
     nb = nbformat.read(str(path), as_version=4)
     changed = False
     for cell in nb.cells:
         want = badge_source(path) if _tagged(cell, BADGE_TAG) else setup_source() if _tagged(cell, SETUP_TAG) else None
         if want is not None and cell.source != want:
             cell.source, changed = want, True
+        if _tagged(cell, SETUP_TAG) and not _collapsed(cell):
+            _collapse(cell)
+            changed = True
     if changed:
         _write(nb, path)
     return changed
@@ -161,6 +236,8 @@ def check(path: Path) -> list[str]:
         want = badge_source(path) if _tagged(cell, BADGE_TAG) else setup_source() if _tagged(cell, SETUP_TAG) else None
         if want is not None and cell.source != want:
             problems.append(f"the {cell.metadata['tags'][0]!r} cell differs from the generated one")
+        if _tagged(cell, SETUP_TAG) and not _collapsed(cell):
+            problems.append(f"the 'setup' cell is not collapsed (metadata {SETUP_METADATA})")
     return problems
 
 
@@ -232,6 +309,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             print("fix with `make strip` (outputs) and `make sync` (badge and setup cells, exported modules, README blocks)")
         return 1 if problems else 0
     if args.command == "sync" and not args.paths:
+        print(follow_origin())
         print("\n".join(nbexport.sync(notebooks())) or "exported modules: in sync")
         print("\n".join(sync_readmes()) or "README blocks: in sync")
     for path in paths:

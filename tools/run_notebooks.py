@@ -2,7 +2,9 @@
 
 Smoke mode (tiny local models, fixture data) is the default on a machine without a GPU or without the Hugging
 Face Hub; `--full` (`make run FULL=1`) runs the real models. Each executed copy keeps its outputs and plots
-(build/<chapter>/<notebook>.ipynb, and an .html beside it to read in a browser).
+(build/<chapter>/<notebook>.ipynb, and an .html beside it to read in a browser). The kernels run over IPC, under
+the course's warnings policy (tools/kernels.py), and the summary counts the warning lines each executed notebook
+shows, and lists them: the course's goal is none.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tools.nbtools import notebooks
@@ -21,6 +23,8 @@ from tools.tiny_checkpoints import build_missing
 from utils.paths import BUILD_DIR, ROOT
 
 KEY_FIGURE = re.compile(r"^Key figure: (.+)$", re.MULTILINE)
+#: How Python prints a warning (warnings.formatwarning): `file:line: Category: message`, then the source line, indented.
+PYTHON_WARNING = re.compile(r"^.+?:\d+: (?P<category>\w*Warning): (?P<message>.*)$")
 
 
 @dataclass
@@ -29,6 +33,7 @@ class Result:
     status: str
     seconds: float
     key_figure: str
+    warnings: list[tuple[int, str]] = field(default_factory=list)
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:
@@ -139,13 +144,41 @@ def key_figures(nb) -> str:
     return "; ".join(found)
 
 
+def warning_lines(nb) -> list[tuple[int, str]]:
+    """(cell index, line) for each warning an executed notebook shows: each of Python's warnings (`Category:
+    message`; the source line Python prints under it is not counted again) and every other line written to stderr
+    (libraries' logged warnings), progress bars aside."""
+    found = []
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") != "stream" or output.get("name") != "stderr":
+                continue
+            echo = False  # the line after a Python warning repeats the source line that warned
+            for line in output.get("text", "").splitlines():
+                if echo and line.startswith("  "):
+                    echo = False
+                    continue
+                echo = False
+                if not line.strip() or "\r" in line or "%|" in line:  # blank, or a progress bar
+                    continue
+                if match := PYTHON_WARNING.match(line):
+                    found.append((index, f"{match['category']}: {match['message']}"))
+                    echo = True
+                else:
+                    found.append((index, line.strip()))
+    return found
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def execute(path: Path, out_dir: Path, cell_timeout_s: int, parameters: dict[str, object] | None = None,
             full_mode_constants: dict[str, object] | None = None) -> Result:
     """Run one notebook in a fresh kernel, in its own folder, and save the executed copy (and HTML).
 
     `parameters` and `full_mode_constants` change the parameters cell's values first (`inject_parameters`)."""
     import nbformat
-    from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
     from nbconvert import HTMLExporter
 
@@ -153,8 +186,10 @@ def execute(path: Path, out_dir: Path, cell_timeout_s: int, parameters: dict[str
     nb = nbformat.read(str(path), as_version=4)
     if parameters or full_mode_constants:
         inject_parameters(nb, parameters or {}, full_mode_constants)
-    client = NotebookClient(nb, timeout=cell_timeout_s, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+    from tools.kernels import CourseNotebookClient  # IPC transport, the warnings policy
+
+    client = CourseNotebookClient(nb, timeout=cell_timeout_s, kernel_name="python3",
+                                  resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
     status = "ok"
     try:
@@ -171,7 +206,7 @@ def execute(path: Path, out_dir: Path, cell_timeout_s: int, parameters: dict[str
     nbformat.write(nb, str(target))
     html, _ = HTMLExporter().from_notebook_node(nb)
     target.with_suffix(".html").write_text(html, encoding="utf-8")
-    return Result(str(path.relative_to(ROOT)), status, seconds, key_figures(nb))
+    return Result(_shown(path), status, seconds, key_figures(nb), warning_lines(nb))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,14 +235,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"running {len(paths)} notebooks in {'smoke' if smoke else 'FULL'} mode into {args.out}/", flush=True)
     results = []
     for path in paths:
-        print(f"  {path.relative_to(ROOT)} ...", end=" ", flush=True)
+        print(f"  {_shown(path)} ...", end=" ", flush=True)
         result = execute(path, args.out, timeout)
         print(f"{result.status} ({result.seconds:.0f} s)", flush=True)
         results.append(result)
     width = max(len(r.notebook) for r in results)
-    print(f"\n{'notebook':<{width}}  {'status':<8} {'time':>7}  key figure")
+    print(f"\n{'notebook':<{width}}  {'status':<8} {'time':>7} {'warnings':>8}  key figure")
     for r in results:
-        print(f"{r.notebook:<{width}}  {r.status[:8]:<8} {r.seconds:>6.0f}s  {r.key_figure or '-'}")
+        print(f"{r.notebook:<{width}}  {r.status[:8]:<8} {r.seconds:>6.0f}s {len(r.warnings):>8}  {r.key_figure or '-'}")
+    shown = [(r.notebook, cell, line) for r in results for cell, line in r.warnings]
+    print(f"\n{len(shown)} warning lines in the executed notebooks" + (":" if shown else ""))
+    for notebook, cell, line in shown:
+        print(f"  {notebook} cell {cell}: {line[:150]}")
     failed = [r for r in results if r.status != "ok"]
     for r in failed:
         print(f"\n{r.notebook}: {r.status}\n  open {args.out / Path(r.notebook)} to see the traceback", file=sys.stderr)

@@ -9,7 +9,8 @@ ROOT: Path = Path(__file__).resolve().parent.parent
 FIXTURES_DIR: Path = ROOT / "data" / "fixtures"
 BUILD_DIR: Path = ROOT / "build"
 
-#: The repository learners clone (the Colab badge and setup cell are generated from this one definition).
+#: The repository learners clone (the Colab badge and setup cell are generated from this one definition). `make sync`
+#: writes it from `git remote get-url origin` when that is a GitHub address, so a fork's badges are its own.
 REPO_SLUG: str = "peft-course/peft-course"
 REPO_URL: str = f"https://github.com/{REPO_SLUG}"
 
