@@ -118,6 +118,6 @@ def test_stale_readme_blocks_are_found_and_rewritten(tmp_path):
 def test_times_table_has_a_t4_estimate_for_every_method_notebook():
     chapter01 = {name for name in times.T4_RECIPES if name.startswith("01-peft-setup/")}
     assert chapter01 == {f"01-peft-setup/{m.notebook}" for m in METHODS.values()} | {
-        "01-peft-setup/08_peft_methods_compared.ipynb"}
+        "01-peft-setup/10_peft_methods_compared.ipynb"}
     per_method = times.T4_RECIPES[f"01-peft-setup/{METHODS['lora'].notebook}"][1]
-    assert times.T4_RECIPES["01-peft-setup/08_peft_methods_compared.ipynb"][1] == len(METHODS) * per_method * 150 // 250
+    assert times.T4_RECIPES["01-peft-setup/10_peft_methods_compared.ipynb"][1] == len(METHODS) * per_method * 150 // 250

@@ -48,7 +48,7 @@ T4_RECIPES: dict[str, tuple[float, ...]] = {
     # chapter 01 (fp32, see T4_FP32_RECIPES): each method's notebook (the registry's) 250 steps x 8 reviews x ~30
     # tokens on bloomz-560m; the comparison every method x 150 steps
     **{f"01-peft-setup/{method.notebook}": (5.59e8, 250 * 8 * 30, 0, 0) for method in METHODS.values()},
-    "01-peft-setup/08_peft_methods_compared.ipynb": (5.59e8, len(METHODS) * 150 * 8 * 30, 0, 0),
+    "01-peft-setup/10_peft_methods_compared.ipynb": (5.59e8, len(METHODS) * 150 * 8 * 30, 0, 0),
 }
 T4_FP32_FLOPS = 8.1e12  # NVIDIA's figure for the T4 in fp32 (no tensor cores)
 #: Recipes that train in fp32 (chapter 01's bloomz-560m fits a T4 unquantized and without autocast)
