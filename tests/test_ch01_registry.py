@@ -85,8 +85,8 @@ def test_make_recipe_builds_each_registered_recipe_and_refuses_unknown_methods()
         assert isinstance(make_recipe(key, tiny, 30), Recipe)
     assert make_recipe("adalora", tiny, 30).config.total_step == 30
     assert make_recipe("prompt_tuning", tiny, 30).config.tokenizer_name_or_path == tiny
-    with pytest.raises(CourseArgumentError, match=r"make_recipe\(\): key='dora' is not a chapter 01 method"):
-        make_recipe("dora", tiny, 30)
+    with pytest.raises(CourseArgumentError, match=r"make_recipe\(\): key='vera' is not a chapter 01 method"):
+        make_recipe("vera", tiny, 30)
 
 
 def test_readme_method_lists_are_generated_from_the_registry():

@@ -64,6 +64,9 @@ METHODS: dict[str, Method] = {method.key: method for method in (
            Paper("Zhang et al.", 2023, "AdaLoRA: Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning",
                  "2303.10512"),
            "LoRA in SVD form whose rank budget moves between layers during training"),
+    Method("dora", "DoRA", "08_dora.ipynb", peft_recipes.dora_recipe,
+           Paper("Liu et al.", 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation", "2402.09353"),
+           "LoRA's update on each weight's direction, and a trained magnitude for each output row"),
 )}
 
 
