@@ -31,6 +31,7 @@ from utils.ch01_peft import (
 from utils.errors import CourseError
 from utils.lessons.peft_recipes import (
     adalora_recipe,
+    dora_recipe,
     ia3_recipe,
     lora_recipe,
     p_tuning_recipe,
@@ -206,6 +207,9 @@ BAD_RECIPES = [  # (what, how it is built, the error, what its message says)
     ("adalora: total_step=10, tinit=5, tfinal=5", lambda: adalora_recipe(TINY, total_step=10, tinit=5, tfinal=5), ValueError, "leave no steps"),
     ("adalora: total_step=50, init_r=64", lambda: adalora_recipe(TINY, total_step=50, init_r=64), ValueError, "rank 64 is not below"),
     ("adalora: total_step=50, target_modules=[q_proj]", lambda: adalora_recipe(TINY, total_step=50, target_modules=["q_proj"]), CourseError, r"\['q_proj'\] not found"),
+    ("dora: r=0", lambda: dora_recipe(TINY, r=0), ValueError, "dora_recipe\\(\\): r must be an integer >= 1, got 0"),
+    ("dora: lora_dropout=-0.1", lambda: dora_recipe(TINY, lora_dropout=-0.1), ValueError, "lora_dropout must be a finite number >= 0 and < 1"),
+    ("dora: target_modules=[q_proj]", lambda: dora_recipe(TINY, target_modules=["q_proj"]), CourseError, r"\['q_proj'\] not found"),
 ]
 
 
@@ -233,6 +237,7 @@ def _expected_trainable(method: str, model_id: str) -> int | None:
         "lora": layers * 8 * (h + 3 * h),  # A (8 x h) and B (3h x 8) on each fused query_key_value
         "ia3": layers * (3 * h + 4 * h),  # one scale per attention output and per feed-forward activation
         "adalora": layers * (12 * h + 3 * h * 12 + 12),  # Q (12 x h), P (3h x 12), lambda (12)
+        "dora": layers * (8 * (h + 3 * h) + 3 * h),  # LoRA's A and B, and one magnitude per output row (3h)
     }.get(method)
 
 

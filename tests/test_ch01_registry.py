@@ -121,3 +121,31 @@ def test_times_table_has_a_t4_estimate_for_every_method_notebook():
         "01-peft-setup/10_peft_methods_compared.ipynb"}
     per_method = times.T4_RECIPES[f"01-peft-setup/{METHODS['lora'].notebook}"][1]
     assert times.T4_RECIPES["01-peft-setup/10_peft_methods_compared.ipynb"][1] == len(METHODS) * per_method * 150 // 250
+    for name, steps in times.CH01_STEPS.items():  # each notebook's full-mode optimizer steps, from its cell
+        assert times.T4_RECIPES[f"01-peft-setup/{name}"][1] == steps * 8 * 30
+        full = full_mode_values(CHAPTER / name)
+        trains = sum(m.notebook == name for m in METHODS.values()) or len(METHODS)  # the comparison trains them all
+        extra = {"08_dora.ipynb": 2 * (full.get("COST_STEPS", 0) + 1),  # and a warm-up step each
+                 "09_lora_variants.ipynb": 2 * len(full.get("SWEEP_RANKS", ())) * full.get("SWEEP_STEPS", 0)}
+        assert steps == trains * full["STEPS"] + extra.get(name, 0), name
+
+
+def full_mode_values(path) -> dict:
+    """The full-mode values of a notebook's parameters cell: `X = smoke if SMOKE else full` gives X = full."""
+    import nbformat
+
+    cell = next(c for c in nbformat.read(str(path), as_version=4).cells if "parameters" in c.metadata.get("tags", []))
+    values = {}
+    for node in ast.parse(cell.source).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            value = node.value.orelse if isinstance(node.value, ast.IfExp) else node.value
+            try:
+                values[node.targets[0].id] = ast.literal_eval(value)
+            except ValueError:
+                pass
+    return values
+
+
+def test_the_comparison_comes_after_every_method_notebook():
+    assert max(m.notebook for m in METHODS.values()) < "10_peft_methods_compared.ipynb"
+    assert (CHAPTER / "10_peft_methods_compared.ipynb").is_file()
