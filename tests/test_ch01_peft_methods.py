@@ -34,9 +34,12 @@ from utils.lessons.peft_recipes import (
     dora_recipe,
     ia3_recipe,
     lora_recipe,
+    loraplus_recipe,
     p_tuning_recipe,
+    pissa_recipe,
     prefix_tuning_recipe,
     prompt_tuning_recipe,
+    rslora_recipe,
 )
 from utils.real_models import PUBLISHED_PARAMETERS, real_config
 from utils.smoke import fixture_path, tiny_checkpoint
@@ -171,6 +174,20 @@ def test_every_recipe_builds_a_causal_lm_peft_config(method):
     get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), recipe.config)  # it wraps the tiny BLOOM
 
 
+def test_recipe_details_of_the_lora_family():
+    """Each LoRA variant is LoRA's recipe with its one change (PiSSA also without dropout, as its paper)."""
+    lora = lora_recipe(TINY).config
+    changes = {"dora": ({"use_dora": True}, dora_recipe(TINY)), "rslora": ({"use_rslora": True, "r": 32}, rslora_recipe(TINY)),
+               "pissa": ({"init_lora_weights": "pissa", "lora_dropout": 0.0}, pissa_recipe(TINY)),
+               "loraplus": ({}, loraplus_recipe(TINY))}
+    for method, (changed, recipe) in changes.items():
+        assert type(recipe.config) is peft.LoraConfig, method
+        for field in ("r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "use_rslora", "init_lora_weights"):
+            assert getattr(recipe.config, field) == changed.get(field, getattr(lora, field)), (method, field)
+        assert recipe.loraplus_lr_ratio == (16 if method == "loraplus" else None)
+    assert loraplus_recipe(TINY).learning_rate == lora_recipe(TINY).learning_rate / 2  # A at half LoRA's rate
+
+
 def test_recipe_details_of_the_first_six():
     assert set(CONFIG_CLASSES) <= set(METHODS)
     prompt = prompt_tuning_recipe(TINY)
@@ -210,6 +227,12 @@ BAD_RECIPES = [  # (what, how it is built, the error, what its message says)
     ("dora: r=0", lambda: dora_recipe(TINY, r=0), ValueError, "dora_recipe\\(\\): r must be an integer >= 1, got 0"),
     ("dora: lora_dropout=-0.1", lambda: dora_recipe(TINY, lora_dropout=-0.1), ValueError, "lora_dropout must be a finite number >= 0 and < 1"),
     ("dora: target_modules=[q_proj]", lambda: dora_recipe(TINY, target_modules=["q_proj"]), CourseError, r"\['q_proj'\] not found"),
+    ("rslora: r=64", lambda: rslora_recipe(TINY, r=64), ValueError, r"rank 64 is not below the smaller side \(64\)"),
+    ("rslora: lora_alpha=0", lambda: rslora_recipe(TINY, lora_alpha=0), ValueError, "lora_alpha must be a finite number > 0, got 0"),
+    ("pissa: r=0", lambda: pissa_recipe(TINY, r=0), ValueError, "pissa_recipe\\(\\): r must be an integer >= 1, got 0"),
+    ("pissa: target_modules=[c_attn]", lambda: pissa_recipe(TINY, target_modules=["c_attn"]), CourseError, r"\['c_attn'\] not found"),
+    ("loraplus: loraplus_lr_ratio=0.5", lambda: loraplus_recipe(TINY, loraplus_lr_ratio=0.5), ValueError, "loraplus_lr_ratio must be a finite number >= 1, got 0.5"),
+    ("loraplus: r=64", lambda: loraplus_recipe(TINY, r=64), ValueError, "rank 64 is not below"),
 ]
 
 
@@ -238,6 +261,9 @@ def _expected_trainable(method: str, model_id: str) -> int | None:
         "ia3": layers * (3 * h + 4 * h),  # one scale per attention output and per feed-forward activation
         "adalora": layers * (12 * h + 3 * h * 12 + 12),  # Q (12 x h), P (3h x 12), lambda (12)
         "dora": layers * (8 * (h + 3 * h) + 3 * h),  # LoRA's A and B, and one magnitude per output row (3h)
+        "rslora": layers * 32 * (h + 3 * h),  # LoRA at rank 32
+        "pissa": layers * 8 * (h + 3 * h),  # LoRA's tensors, initialised from the SVD
+        "loraplus": layers * 8 * (h + 3 * h),  # LoRA's tensors, another optimizer
     }.get(method)
 
 

@@ -29,10 +29,12 @@ T4_BANDWIDTH = 320e9  # bytes/s: generation reads every weight once per new toke
 
 #: Chapter 01's notebooks' optimizer steps in full mode, from their parameters cells (tests/test_ch01_registry.py
 #: checks them): a method's notebook trains STEPS = 250; DoRA's also trains LoRA and DoRA for COST_STEPS = 30 steps each
-#: (and a warm-up step) to time them; the comparison trains every method for STEPS = 150.
+#: (and a warm-up step) to time them; the variants' trains its three recipes and sweeps 5 ranks x 2 scalings for
+#: SWEEP_STEPS = 20 each; the comparison trains every method for STEPS = 150.
 CH01_STEPS: dict[str, int] = {
     **{method.notebook: 250 for method in METHODS.values()},
     "08_dora.ipynb": 250 + 2 * (30 + 1),
+    "09_lora_variants.ipynb": 3 * 250 + 5 * 2 * 20,
     "10_peft_methods_compared.ipynb": len(METHODS) * 150,
 }
 
