@@ -21,7 +21,9 @@ from utils.ch01_peft import (
     held_out_loss,
     load_base,
     load_reviews,
+    make_optimizer,
     review_batches,
+    rewrites_base,
     save_and_reload,
     train,
     trainable_parameters,
@@ -29,11 +31,15 @@ from utils.ch01_peft import (
 from utils.errors import CourseError
 from utils.lessons.peft_recipes import (
     adalora_recipe,
+    dora_recipe,
     ia3_recipe,
     lora_recipe,
+    loraplus_recipe,
     p_tuning_recipe,
+    pissa_recipe,
     prefix_tuning_recipe,
     prompt_tuning_recipe,
+    rslora_recipe,
 )
 from utils.real_models import PUBLISHED_PARAMETERS, real_config
 from utils.smoke import fixture_path, tiny_checkpoint
@@ -168,6 +174,20 @@ def test_every_recipe_builds_a_causal_lm_peft_config(method):
     get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), recipe.config)  # it wraps the tiny BLOOM
 
 
+def test_recipe_details_of_the_lora_family():
+    """Each LoRA variant is LoRA's recipe with its one change (PiSSA also without dropout, as its paper)."""
+    lora = lora_recipe(TINY).config
+    changes = {"dora": ({"use_dora": True}, dora_recipe(TINY)), "rslora": ({"use_rslora": True, "r": 32}, rslora_recipe(TINY)),
+               "pissa": ({"init_lora_weights": "pissa", "lora_dropout": 0.0}, pissa_recipe(TINY)),
+               "loraplus": ({}, loraplus_recipe(TINY))}
+    for method, (changed, recipe) in changes.items():
+        assert type(recipe.config) is peft.LoraConfig, method
+        for field in ("r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "use_rslora", "init_lora_weights"):
+            assert getattr(recipe.config, field) == changed.get(field, getattr(lora, field)), (method, field)
+        assert recipe.loraplus_lr_ratio == (16 if method == "loraplus" else None)
+    assert loraplus_recipe(TINY).learning_rate == lora_recipe(TINY).learning_rate / 2  # A at half LoRA's rate
+
+
 def test_recipe_details_of_the_first_six():
     assert set(CONFIG_CLASSES) <= set(METHODS)
     prompt = prompt_tuning_recipe(TINY)
@@ -204,6 +224,15 @@ BAD_RECIPES = [  # (what, how it is built, the error, what its message says)
     ("adalora: total_step=10, tinit=5, tfinal=5", lambda: adalora_recipe(TINY, total_step=10, tinit=5, tfinal=5), ValueError, "leave no steps"),
     ("adalora: total_step=50, init_r=64", lambda: adalora_recipe(TINY, total_step=50, init_r=64), ValueError, "rank 64 is not below"),
     ("adalora: total_step=50, target_modules=[q_proj]", lambda: adalora_recipe(TINY, total_step=50, target_modules=["q_proj"]), CourseError, r"\['q_proj'\] not found"),
+    ("dora: r=0", lambda: dora_recipe(TINY, r=0), ValueError, "dora_recipe\\(\\): r must be an integer >= 1, got 0"),
+    ("dora: lora_dropout=-0.1", lambda: dora_recipe(TINY, lora_dropout=-0.1), ValueError, "lora_dropout must be a finite number >= 0 and < 1"),
+    ("dora: target_modules=[q_proj]", lambda: dora_recipe(TINY, target_modules=["q_proj"]), CourseError, r"\['q_proj'\] not found"),
+    ("rslora: r=64", lambda: rslora_recipe(TINY, r=64), ValueError, r"rank 64 is not below the smaller side \(64\)"),
+    ("rslora: lora_alpha=0", lambda: rslora_recipe(TINY, lora_alpha=0), ValueError, "lora_alpha must be a finite number > 0, got 0"),
+    ("pissa: r=0", lambda: pissa_recipe(TINY, r=0), ValueError, "pissa_recipe\\(\\): r must be an integer >= 1, got 0"),
+    ("pissa: target_modules=[c_attn]", lambda: pissa_recipe(TINY, target_modules=["c_attn"]), CourseError, r"\['c_attn'\] not found"),
+    ("loraplus: loraplus_lr_ratio=0.5", lambda: loraplus_recipe(TINY, loraplus_lr_ratio=0.5), ValueError, "loraplus_lr_ratio must be a finite number >= 1, got 0.5"),
+    ("loraplus: r=64", lambda: loraplus_recipe(TINY, r=64), ValueError, "rank 64 is not below"),
 ]
 
 
@@ -231,6 +260,10 @@ def _expected_trainable(method: str, model_id: str) -> int | None:
         "lora": layers * 8 * (h + 3 * h),  # A (8 x h) and B (3h x 8) on each fused query_key_value
         "ia3": layers * (3 * h + 4 * h),  # one scale per attention output and per feed-forward activation
         "adalora": layers * (12 * h + 3 * h * 12 + 12),  # Q (12 x h), P (3h x 12), lambda (12)
+        "dora": layers * (8 * (h + 3 * h) + 3 * h),  # LoRA's A and B, and one magnitude per output row (3h)
+        "rslora": layers * 32 * (h + 3 * h),  # LoRA at rank 32
+        "pissa": layers * 8 * (h + 3 * h),  # LoRA's tensors, initialised from the SVD
+        "loraplus": layers * 8 * (h + 3 * h),  # LoRA's tensors, another optimizer
     }.get(method)
 
 
@@ -294,7 +327,8 @@ def test_training_lowers_the_held_out_loss(method, tokenizer):
     model = get_peft_model(load_base(TINY), recipe.config)
     frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
     before = held_out_loss(model, tokenizer, pairs)
-    train(model, _batches(tokenizer), steps=steps, lr=recipe.learning_rate, after_step=after_step(model))
+    train(model, _batches(tokenizer), steps=steps, lr=recipe.learning_rate, after_step=after_step(model),
+          loraplus_lr_ratio=recipe.loraplus_lr_ratio)
     after = held_out_loss(model, tokenizer, pairs)
     assert after < before - 1, (before, after)
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
@@ -342,7 +376,8 @@ def test_save_and_reload_gives_the_same_logits(method, tokenizer, tmp_path):
     reloaded, size = save_and_reload(model, TINY, tmp_path / method, collate(pairs, tokenizer))
     assert size == (tmp_path / method / "adapter_model.safetensors").stat().st_size > 0
     assert type(reloaded).__name__ == type(model).__name__
-    with pytest.raises(CourseError, match="gives other logits than the trained model"):
+    # another base: other logits, or (for an adapter that rewrote its base, PiSSA) not the base it started from
+    with pytest.raises(CourseError, match="gives other logits than the trained model|is not the base model this"):
         save_and_reload(model, tiny_checkpoint("bloom", seed=1), tmp_path / "other", collate(pairs, tokenizer))
 
 
@@ -443,3 +478,60 @@ def test_lora_scales_by_alpha_over_r_and_rslora_by_alpha_over_sqrt_r():
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), config)
         layer = model.base_model.model.transformer.h[0].self_attention.query_key_value
         assert layer.scaling["default"] == pytest.approx(expected)
+
+
+# --- LoRA+ (a recipe's optimizer), PiSSA (an initialisation that rewrites the base), counts of such configs --------
+
+def _lora(**kwargs):
+    return peft.LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=16, target_modules=["query_key_value"], **kwargs)
+
+
+def test_a_loraplus_ratio_gives_b_its_own_rate(tokenizer):
+    """make_optimizer (what train builds): one AdamW group without a ratio; with one, peft's LoRA+ groups, every
+    lora_A at lr and every lora_B at lr x ratio, all with AdamW's default weight decay."""
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), _lora())
+    plain = make_optimizer(model, 1e-3)
+    assert [(g["lr"], g["weight_decay"], len(g["params"])) for g in plain.param_groups] == [(1e-3, 0.01, 4)]
+    names = {id(p): n for n, p in model.named_parameters()}
+    grouped = [(g["lr"], g["weight_decay"], {names[id(p)].split(".")[-3] for p in g["params"]})
+               for g in make_optimizer(model, 1e-3, 16).param_groups if g["params"]]
+    assert grouped == [(1e-3, 0.01, {"lora_A"}), (pytest.approx(16e-3), 0.01, {"lora_B"})]
+    with pytest.raises(ValueError, match=r"train\(\): loraplus_lr_ratio must be a finite number >= 1"):
+        train(model, _batches(tokenizer), steps=1, lr=1e-3, loraplus_lr_ratio=0.5)
+
+
+def test_train_uses_the_loraplus_rates(tokenizer):
+    """Adam's first step moves every element with a gradient by its group's rate: B (from zero) by lr x ratio."""
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), _lora(lora_dropout=0.0))
+    train(model, _batches(tokenizer), steps=1, lr=1e-3, loraplus_lr_ratio=16)
+    moved = max(p.detach().abs().max().item() for n, p in model.named_parameters() if "lora_B" in n)
+    assert moved == pytest.approx(16e-3, rel=1e-3)
+
+
+def test_a_pissa_adapter_is_saved_as_lora_for_the_untouched_base(tokenizer, tmp_path):
+    """save_and_reload saves an adapter whose initialisation rewrote the base weights as the rank-2r LoRA adapter it
+    equals on the original base (peft's path_initial_model_for_weight_conversion), which loads without an SVD."""
+    assert rewrites_base(_lora(init_lora_weights="pissa")) and rewrites_base(_lora(init_lora_weights="olora"))
+    assert not rewrites_base(_lora()) and not rewrites_base(_lora(init_lora_weights="gaussian"))
+    assert not rewrites_base(peft.IA3Config(task_type="CAUSAL_LM"))
+    pairs = load_reviews(fixture_path("rotten_tomatoes_validation"))[:4]
+    original = load_base(TINY).transformer.h[0].self_attention.query_key_value.weight.detach().clone()
+    model = get_peft_model(load_base(TINY), _lora(init_lora_weights="pissa"))
+    residual = model.base_model.model.transformer.h[0].self_attention.query_key_value.base_layer.weight
+    assert not torch.allclose(residual, original, atol=1e-3)  # PiSSA rewrote the base weight
+    train(model, _batches(tokenizer), steps=4, lr=3e-3)
+    reloaded, size = save_and_reload(model, TINY, tmp_path / "pissa", collate(pairs, tokenizer))
+    saved = json.loads((tmp_path / "pissa" / "adapter_config.json").read_text())
+    assert (saved["r"], saved["lora_alpha"], saved["init_lora_weights"]) == (16, 32, True)
+    assert torch.equal(reloaded.base_model.model.transformer.h[0].self_attention.query_key_value.base_layer.weight,
+                       original)  # loaded onto the untouched base
+    assert size == (tmp_path / "pissa" / "adapter_model.safetensors").stat().st_size
+    assert (tmp_path / "pissa" / "initial" / "adapter_model.safetensors").is_file()  # the adapter before training
+    with pytest.raises(CourseError, match="is not the base model this adapter was initialised from"):
+        save_and_reload(model, tiny_checkpoint("bloom", seed=1), tmp_path / "other", collate(pairs, tokenizer))
+
+
+def test_a_data_dependent_initialisation_is_counted_as_lora():
+    """PiSSA's SVD cannot run on the meta device; it trains LoRA's tensors, so it is counted as LoRA."""
+    assert count_at_real_scale(lambda: _lora(init_lora_weights="pissa")) == count_at_real_scale(_lora)

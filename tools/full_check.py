@@ -57,6 +57,8 @@ DEFAULTS: dict[str, object] = {
 
 #: Per notebook: the sizes a CPU can run at real widths (batch sizes and sequence lengths stay the recipes').
 PLANS: dict[str, dict[str, object]] = {
+    "01-peft-setup/08_dora.ipynb": {"COST_STEPS": 2},  # LoRA and DoRA timed side by side
+    "01-peft-setup/09_lora_variants.ipynb": {"SWEEP_STEPS": 2},  # rsLoRA's measurement: 5 ranks x 2 scalings
     "02-lora-gptj/01_lora_gptj_squad.ipynb": {
         "TRAIN_SOURCE": str(fixture_path("squad_train")), "VALIDATION_SOURCE": str(fixture_path("squad_validation")),
         "TRAIN_N": 8, "VAL_LOSS_N": 2, "EVAL_N": 2, "EPOCHS": 2,

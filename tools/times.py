@@ -27,6 +27,17 @@ T4_FP16_FLOPS = 65e12  # NVIDIA's figure for the T4's fp16 tensor cores
 T4_UTILISATION = 0.25
 T4_BANDWIDTH = 320e9  # bytes/s: generation reads every weight once per new token
 
+#: Chapter 01's notebooks' optimizer steps in full mode, from their parameters cells (tests/test_ch01_registry.py
+#: checks them): a method's notebook trains STEPS = 250; DoRA's also trains LoRA and DoRA for COST_STEPS = 30 steps each
+#: (and a warm-up step) to time them; the variants' trains its three recipes and sweeps 5 ranks x 2 scalings for
+#: SWEEP_STEPS = 20 each; the comparison trains every method for STEPS = 150.
+CH01_STEPS: dict[str, int] = {
+    **{method.notebook: 250 for method in METHODS.values()},
+    "08_dora.ipynb": 250 + 2 * (30 + 1),
+    "09_lora_variants.ipynb": 3 * 250 + 5 * 2 * 20,
+    "10_peft_methods_compared.ipynb": len(METHODS) * 150,
+}
+
 #: notebook -> (model parameters N, training tokens, generated tokens, bytes read per generated token[, tokens a
 #: forward pass re-reads without a KV cache: 2N FLOPs each])
 #: Training FLOPs: 2N per token forward, 2N again for the recomputation of gradient checkpointing, 2N backward for
@@ -45,10 +56,9 @@ T4_RECIPES: dict[str, tuple[float, ...]] = {
     "04-instruction-gpt2/02_lora_from_scratch.ipynb": (3.55e8, 2 * 100 * 8 * 90, 0, 0),
     # 4 training passes x 135 steps x 2 x 256 tokens (GPT-2 124M from scratch)
     "05-lr-schedules/01_warmup_cosine_clipping.ipynb": (1.24e8, 4 * 135 * 512, 0, 0),
-    # chapter 01 (fp32, see T4_FP32_RECIPES): each method's notebook (the registry's) 250 steps x 8 reviews x ~30
-    # tokens on bloomz-560m; the comparison every method x 150 steps
-    **{f"01-peft-setup/{method.notebook}": (5.59e8, 250 * 8 * 30, 0, 0) for method in METHODS.values()},
-    "01-peft-setup/08_peft_methods_compared.ipynb": (5.59e8, len(METHODS) * 150 * 8 * 30, 0, 0),
+    # chapter 01 (fp32, see T4_FP32_RECIPES): each notebook's optimizer steps (CH01_STEPS) x 8 reviews x ~30 tokens
+    # on bloomz-560m
+    **{f"01-peft-setup/{name}": (5.59e8, steps * 8 * 30, 0, 0) for name, steps in CH01_STEPS.items()},
 }
 T4_FP32_FLOPS = 8.1e12  # NVIDIA's figure for the T4 in fp32 (no tensor cores)
 #: Recipes that train in fp32 (chapter 01's bloomz-560m fits a T4 unquantized and without autocast)

@@ -1,6 +1,6 @@
 """Chapter 01's methods, registered once, as peft registers its own: the comparison notebook, the tests, the times
 table and the READMEs' method tables (`make sync`) all read METHODS. A new method is its notebook, whose
-`#| export peft_recipes` cell defines its recipe, and one entry here."""
+`#| export peft_recipes` cell defines its recipe, and one entry here (several methods may share a notebook, in a row)."""
 
 from __future__ import annotations
 
@@ -64,6 +64,19 @@ METHODS: dict[str, Method] = {method.key: method for method in (
            Paper("Zhang et al.", 2023, "AdaLoRA: Adaptive Budget Allocation for Parameter-Efficient Fine-Tuning",
                  "2303.10512"),
            "LoRA in SVD form whose rank budget moves between layers during training"),
+    Method("dora", "DoRA", "08_dora.ipynb", peft_recipes.dora_recipe,
+           Paper("Liu et al.", 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation", "2402.09353"),
+           "LoRA's update on each weight's direction, and a trained magnitude for each output row"),
+    Method("rslora", "rsLoRA", "09_lora_variants.ipynb", peft_recipes.rslora_recipe,
+           Paper("Kalajdzievski", 2023, "A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA", "2312.03732"),
+           "LoRA at rank 32, its update scaled by alpha / sqrt(r) instead of alpha / r"),
+    Method("pissa", "PiSSA", "09_lora_variants.ipynb", peft_recipes.pissa_recipe,
+           Paper("Meng, Wang and Zhang", 2024,
+                 "PiSSA: Principal Singular Values and Singular Vectors Adaptation of Large Language Models", "2404.02948"),
+           "LoRA whose A and B start as the weight's principal singular vectors, the frozen weight their residual"),
+    Method("loraplus", "LoRA+", "09_lora_variants.ipynb", peft_recipes.loraplus_recipe,
+           Paper("Hayou, Ghosh and Yu", 2024, "LoRA+: Efficient Low Rank Adaptation of Large Models", "2402.12354"),
+           "LoRA with B trained at 16 times A's learning rate"),
 )}
 
 

@@ -5,8 +5,11 @@ utils/ch01_methods.py (which imports this module, never the other way round)."""
 
 from __future__ import annotations
 
+import copy
 import random
+import re
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -14,6 +17,7 @@ from typing import NamedTuple
 import peft
 import torch
 import torch.nn.functional as F
+from peft.optimizers import create_loraplus_optimizer
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, DataCollatorForSeq2Seq, set_seed
 
@@ -25,10 +29,12 @@ from utils.real_models import REAL_CONFIGS, meta_model
 
 
 class Recipe(NamedTuple):
-    """A method's peft config and the learning rate it trains with."""
+    """A method's peft config and the learning rate it trains with; `loraplus_lr_ratio` (LoRA+) sets the rate of every
+    `lora_B` to that multiple of `learning_rate` (`train` then builds peft's `create_loraplus_optimizer`)."""
 
     config: peft.PeftConfig
     learning_rate: float
+    loraplus_lr_ratio: float | None = None
 
 
 def check_targets(recipe: str, model_id: str, target_modules, rank: int | None = None) -> None:
@@ -122,17 +128,31 @@ def trainable_parameters(model) -> list:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def train(model, batches: Iterator[dict], steps: int, lr: float,
-          after_step: Callable[[int], None] | None = None, desc: str = "training") -> tuple[list[float], list[float]]:
-    """AdamW on the trainable parameters for `steps` batches; returns each step's loss and seconds. `after_step(step)`
-    runs before the gradients are cleared (AdaLoRA's `update_and_allocate` needs them). Leaves the model in eval mode."""
-    check_int("steps", steps, minimum=1)
+def make_optimizer(model, lr: float, loraplus_lr_ratio: float | None = None) -> torch.optim.Optimizer:
+    """AdamW (torch's defaults, weight decay 0.01) on the trainable parameters at `lr`; with `loraplus_lr_ratio`,
+    peft's LoRA+ optimizer: the same AdamW, with every `lora_B` (and any 1-d adapter vector) at `lr` x the ratio."""
     check_number("lr", lr, above=0)
+    check_number("loraplus_lr_ratio", loraplus_lr_ratio, minimum=1, optional=True, hint="B's rate over A's")
     params = trainable_parameters(model)
     if not params:
         raise CourseError("the model has no trainable parameters: wrap it with get_peft_model first")
-    device = params[0].device
-    optimizer = torch.optim.AdamW(params, lr=lr)
+    if loraplus_lr_ratio is None:
+        return torch.optim.AdamW(params, lr=lr)
+    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=loraplus_lr_ratio,
+                                     loraplus_weight_decay=0.01)  # AdamW's default, as for every other method
+
+
+def train(model, batches: Iterator[dict], steps: int, lr: float,
+          after_step: Callable[[int], None] | None = None, desc: str = "training",
+          loraplus_lr_ratio: float | None = None) -> tuple[list[float], list[float]]:
+    """AdamW on the trainable parameters for `steps` batches (LoRA+'s grouped rates with `loraplus_lr_ratio`: see
+    `make_optimizer`); returns each step's loss and seconds. `after_step(step)` runs before the gradients are cleared
+    (AdaLoRA's `update_and_allocate` needs them). Leaves the model in eval mode."""
+    check_int("steps", steps, minimum=1)
+    check_number("lr", lr, above=0)
+    check_number("loraplus_lr_ratio", loraplus_lr_ratio, minimum=1, optional=True, hint="B's rate over A's")
+    optimizer = make_optimizer(model, lr, loraplus_lr_ratio)
+    device = next(p for group in optimizer.param_groups for p in group["params"]).device
     model.train()
     losses, seconds = [], []
     for step in tqdm(range(steps), desc=desc):
@@ -189,11 +209,53 @@ def load_base(model_id: str, device=None, seed: int = 0):
     return model.to(device or pick_device())
 
 
+#: LoRA initialisations that rewrite the frozen base weight (PiSSA: W0 becomes W0 - s B0 A0), as peft 0.21.2 lists
+#: them in LoraModel._convert_state_dict_for_initial_model: such an adapter only fits the rewritten base.
+BASE_REWRITING_INITS = ("pissa", "corda", "olora", "lora_ga")
+#: peft warns about that when the conversion below loads the initial adapter next to the trained one; it is the
+#: warning the conversion answers, so it is silenced there alone.
+PISSA_WARNING = "PiSSA changes the base weights of the model and should thus not be used with other adapters"
+
+
+def rewrites_base(config) -> bool:
+    """True for a LoRA config whose initialisation rewrites the base weights (PiSSA, CorDA, OLoRA, LoRA-GA)."""
+    init = getattr(config, "init_lora_weights", True)
+    return isinstance(init, str) and init.lower().startswith(BASE_REWRITING_INITS)
+
+
+def save_initial_adapter(model, model_id: str, folder: str | Path) -> Path:
+    """Save, in `folder`, the adapter `model` started from, rebuilt by wrapping a fresh `model_id` base with a copy of
+    its config; a CourseError when the rebuilt base weights differ from `model`'s frozen ones (another base model, or
+    a random initialisation such as PiSSA's `pissa_niter_*`: then save the adapter before training instead)."""
+    config = copy.deepcopy(model.peft_config[model.active_adapter])
+    config.base_model_name_or_path = None  # get_peft_model fills it in from the fresh base
+    rebuilt = peft.get_peft_model(load_base(model_id, model.device), config)
+    frozen = {n: p for n, p in model.named_parameters() if n.endswith("base_layer.weight")}
+    for name, param in rebuilt.named_parameters():
+        if name in frozen and not torch.allclose(param, frozen[name], atol=1e-6, rtol=0):
+            raise CourseError(f"{model_id} is not the base model this adapter was initialised from: the rebuilt {name} "
+                              f"differs from the trained model's frozen one by up to "
+                              f"{(param - frozen[name]).abs().max().item():.2e}. Use the model it was trained on; for a "
+                              f"random initialisation, save the adapter right after get_peft_model and pass that folder "
+                              f"as save_pretrained(path_initial_model_for_weight_conversion=...)")
+    rebuilt.save_pretrained(folder)
+    return Path(folder)
+
+
 def save_and_reload(model, model_id: str, folder: str | Path, probe: dict):
     """Save the adapter in `folder`, load it onto a fresh `model_id` base, check both give the same logits on the
-    batch `probe`; returns the reloaded model and the adapter file's size in bytes."""
+    batch `probe`; returns the reloaded model and the adapter file's size in bytes. An adapter whose initialisation
+    rewrote the base weights (PiSSA) is saved as the plain LoRA adapter it equals on the untouched base (peft's
+    `path_initial_model_for_weight_conversion`, from the initial adapter rebuilt in `folder`/initial), so that it loads
+    onto a fresh base like every other adapter, with peft or without."""
     folder = Path(folder)
-    model.save_pretrained(folder)  # the adapter only, as safetensors, with its config
+    if rewrites_base(model.peft_config[model.active_adapter]):
+        initial = save_initial_adapter(model, model_id, folder / "initial")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=re.escape(PISSA_WARNING))
+            model.save_pretrained(folder, path_initial_model_for_weight_conversion=str(initial))
+    else:
+        model.save_pretrained(folder)  # the adapter only, as safetensors, with its config
     if not (weights := folder / "adapter_model.safetensors").is_file():
         raise CourseError(f"save_pretrained wrote no {weights.name} in {folder}: {sorted(p.name for p in folder.iterdir())}")
     reloaded = peft.PeftModel.from_pretrained(load_base(model_id, model.device), folder).eval()
@@ -209,10 +271,15 @@ def save_and_reload(model, model_id: str, folder: str | Path, probe: dict):
 
 
 def count_at_real_scale(new_config: Callable[[], object], model_ids: Iterable[str] = REAL_MODELS) -> list[dict]:
-    """Trainable and total parameters of each real model wrapped with a fresh `new_config()`, on the meta device."""
+    """Trainable and total parameters of each real model wrapped with a fresh `new_config()`, on the meta device. An
+    initialisation computed from the weights (PiSSA's SVD) cannot run on shapes alone and changes no count: such a
+    config is counted with LoRA's default initialisation."""
     rows = []
     for model_id in model_ids:
-        model = peft.get_peft_model(meta_model(model_id), new_config())
+        config = new_config()
+        if isinstance(getattr(config, "init_lora_weights", None), str):
+            config.init_lora_weights = True
+        model = peft.get_peft_model(meta_model(model_id), config)
         trainable = sum(p.numel() for p in trainable_parameters(model))
         total = sum(p.numel() for p in model.parameters())
         rows.append({"model": model_id, "trainable params": trainable, "all params": total,

@@ -7,6 +7,8 @@
 - 01-peft-setup/05_lora.ipynb
 - 01-peft-setup/06_ia3.ipynb
 - 01-peft-setup/07_adalora.ipynb
+- 01-peft-setup/08_dora.ipynb
+- 01-peft-setup/09_lora_variants.ipynb
 """
 
 import peft
@@ -110,3 +112,51 @@ def adalora_recipe(model_id, total_step=None, init_r=12, target_r=4, lora_alpha=
                                 target_modules=list(target_modules), total_step=total_step, tinit=tinit,
                                 tfinal=tfinal, deltaT=deltaT)
     return Recipe(config, learning_rate=1e-2)  # lambda starts at 0: no gradient for P and Q from the task loss
+
+
+# 01-peft-setup/08_dora.ipynb
+def dora_recipe(model_id, r=8, lora_alpha=16, lora_dropout=0.05, target_modules=("query_key_value",)):
+    """DoRA: LoRA's update B @ A on each target weight, every output row then rescaled to a trained length m."""
+    check_int("r", r, minimum=1)
+    check_number("lora_alpha", lora_alpha, above=0)
+    check_number("lora_dropout", lora_dropout, minimum=0, below=1)
+    check_targets("dora_recipe", model_id, target_modules, rank=r)
+    config = peft.LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                             target_modules=list(target_modules), use_dora=True)
+    return Recipe(config, learning_rate=3e-3)  # LoRA's rate: B starts at zero, m at W0's row lengths
+
+
+# 01-peft-setup/09_lora_variants.ipynb
+def rslora_recipe(model_id, r=32, lora_alpha=16, lora_dropout=0.05, target_modules=("query_key_value",)):
+    """rsLoRA: LoRA at a higher rank, its update B @ A scaled by lora_alpha / sqrt(r) instead of lora_alpha / r."""
+    check_int("r", r, minimum=1)
+    check_number("lora_alpha", lora_alpha, above=0)
+    check_number("lora_dropout", lora_dropout, minimum=0, below=1)
+    check_targets("rslora_recipe", model_id, target_modules, rank=r)
+    config = peft.LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                             target_modules=list(target_modules), use_rslora=True)
+    return Recipe(config, learning_rate=3e-3)  # scale 16 / sqrt(32) = 2.83, near LoRA's 2: LoRA's rate carries over
+
+
+def pissa_recipe(model_id, r=8, lora_alpha=16, target_modules=("query_key_value",)):
+    """PiSSA: LoRA whose A and B start from W0's r principal singular values and vectors; the frozen weight keeps
+    the residual, so the model is unchanged at step 0."""
+    check_int("r", r, minimum=1)
+    check_number("lora_alpha", lora_alpha, above=0)
+    check_targets("pissa_recipe", model_id, target_modules, rank=r)
+    config = peft.LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=lora_alpha, lora_dropout=0.0,
+                             target_modules=list(target_modules), init_lora_weights="pissa")
+    return Recipe(config, learning_rate=3e-3)  # LoRA's: the paper changes the initialisation alone
+
+
+def loraplus_recipe(model_id, r=8, lora_alpha=16, lora_dropout=0.05, target_modules=("query_key_value",),
+                    loraplus_lr_ratio=16):
+    """LoRA+: LoRA's adapter, every B trained at loraplus_lr_ratio times A's learning rate."""
+    check_int("r", r, minimum=1)
+    check_number("lora_alpha", lora_alpha, above=0)
+    check_number("lora_dropout", lora_dropout, minimum=0, below=1)
+    check_number("loraplus_lr_ratio", loraplus_lr_ratio, minimum=1)
+    check_targets("loraplus_recipe", model_id, target_modules, rank=r)
+    config = peft.LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                             target_modules=list(target_modules))
+    return Recipe(config, learning_rate=1.5e-3, loraplus_lr_ratio=loraplus_lr_ratio)  # A at half LoRA's rate
