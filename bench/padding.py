@@ -2,8 +2,8 @@
 
 Padding every batch to its longest example (chapters 02 and 04 do) wastes the pad positions: the model computes them
 and the loss ignores them. Plain shuffling mixes long and short examples; transformers' `LengthGroupedSampler` (what
-`Trainer`'s `group_by_length=True` uses) shuffles, cuts the order into mega-batches, and sorts each by length, so
-that consecutive examples have similar lengths and batches pad little.
+`TrainingArguments(train_sampling_strategy="group_by_length")` uses) shuffles, cuts the order into mega-batches, and
+sorts each by length, so that consecutive examples have similar lengths and batches pad little.
 """
 
 from __future__ import annotations

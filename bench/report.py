@@ -68,7 +68,7 @@ def readme_block(results_text: str) -> str:
                      f"padding on chapter 04's instruction data (batch 8) and {fraction('ch02', 'plain shuffle')} on "
                      f"chapter 02's SQuAD fixture (batch 4) with plain shuffling, {fraction('ch04', 'length-grouped')} "
                      f"and {fraction('ch02', 'length-grouped')} in the order of transformers' `LengthGroupedSampler` "
-                     f"(what `Trainer(group_by_length=True)` uses).")
+                     f"(what `TrainingArguments(train_sampling_strategy='group_by_length')` uses).")
     fit = tables.get(H_FIT, [])
     overhead = find_row(summary, "comparison", "fixed per-step cost")
     if len(fit) == 3 and overhead:

@@ -419,7 +419,7 @@ def bench_padding(quick: bool, plan: Plan, n: int = 128, batch: int = 8, grid: i
             "Chapter 04 batches 8, chapter 02 batches 4 (max_length 512). Plain shuffle: `bench.padding.shuffled_batches` "
             "(a random permutation cut into batches, as DataLoader(shuffle=True)). Length-grouped: "
             "`bench.padding.length_grouped_batches`, the order of `transformers.trainer_pt_utils.LengthGroupedSampler` "
-            "(Trainer's group_by_length=True: shuffle, mega-batches of min(n // (4 x batch), 50) batches sorted by "
+            "(Trainer's train_sampling_strategy='group_by_length': shuffle, mega-batches of min(n // (4 x batch), 50) batches sorted by "
             "length, the longest example first) cut into consecutive batches.")
     steps_note = (f"Is the speed of 4c the batching's, or the machine's? A training step of `utils.lessons.gpt.GPTModel` "
                   f"({width}, vocab 1,024, fp32, AdamW; the model 4c trains) at batch {batch} x length L, for {len(grid_lengths)} "
