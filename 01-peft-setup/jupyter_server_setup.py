@@ -9,8 +9,10 @@ there is deliberately no password option, so it never lands in the shell history
 argon2 hash is written. The config (jupyter_server_config.json in --config-dir, by default ~/.jupyter) keeps:
 the server on localhost unless a TLS certificate and key are given, no `allow_origin='*'`, XSRF checks on,
 no browser opened, no access token (a password is required instead), and no port hopping. Unsafe combinations
-(an empty or short password, a public address without TLS, missing certificate files) are refused with a message
-and exit status 2.
+(an empty or short password, a public address without TLS, missing certificate files) and bad paths (a --config-dir
+or --root-dir that is a file or lies under one, a --root-dir that does not exist) are refused, before the password
+is asked for, with one line and exit status 2. Loopback addresses count as local in every form (localhost, 127.1,
+127.0.0.1, ::1).
 """
 
 from __future__ import annotations
