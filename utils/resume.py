@@ -137,7 +137,7 @@ def check_loop_args(train_loader, num_epochs, eval_freq, eval_iter, checkpoint_d
     check_int("stop_after_steps", stop_after_steps, minimum=1, optional=True)
     check_flag("resume", resume)  # the string "False" is refused, not taken as true
     if checkpoint_dir is not None:  # a file there would fail only at the first save, after the training it holds
-        check_folder("checkpoint_dir", checkpoint_dir, exists=resume)
+        check_folder("checkpoint_dir", checkpoint_dir)  # (a missing one to resume from: load_checkpoint says so)
     if checkpoint_dir is None and (resume or checkpoint_every):
         raise CourseArgumentError(f"{sys._getframe(1).f_code.co_name}(): resume=True and checkpoint_every need a "
                                   "checkpoint_dir to read and write")
