@@ -9,8 +9,10 @@ there is deliberately no password option, so it never lands in the shell history
 argon2 hash is written. The config (jupyter_server_config.json in --config-dir, by default ~/.jupyter) keeps:
 the server on localhost unless a TLS certificate and key are given, no `allow_origin='*'`, XSRF checks on,
 no browser opened, no access token (a password is required instead), and no port hopping. Unsafe combinations
-(an empty or short password, a public address without TLS, missing certificate files) are refused with a message
-and exit status 2.
+(an empty or short password, a public address without TLS, missing certificate files) and bad paths (a --config-dir
+or --root-dir that is a file or lies under one, a --root-dir that does not exist) are refused, before the password
+is asked for, with one line and exit status 2. Loopback addresses count as local in every form (localhost, 127.1,
+127.0.0.1, ::1).
 """
 
 from __future__ import annotations
@@ -20,11 +22,15 @@ import getpass
 import ipaddress
 import json
 import os
+import re
 import socket
 import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from utils.checks import check_folder
+from utils.errors import CourseError
 
 PASSWORD_ENV = "JUPYTER_PASSWORD"
 MIN_PASSWORD_LENGTH = 8
@@ -37,13 +43,22 @@ class UnsafeSetup(Exception):
 
 
 def is_local_address(ip: str) -> bool:
-    """True for addresses only this machine can reach (localhost, 127.0.0.0/8, ::1); '' and 0.0.0.0 are public."""
-    if ip == "localhost":
+    """True for addresses only this machine can reach: localhost, 127.0.0.0/8 in any form the OS accepts (127.1,
+    0x7f.1, 2130706433), ::1 (also as [::1] or ::ffff:127.0.0.1); '', 0.0.0.0 and host names count as public."""
+    host = ip.strip().removeprefix("[").removesuffix("]").lower()
+    if host in ("localhost", "localhost."):
         return True
     try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:  # '' (all interfaces) or a host name: treat as public
-        return False
+        address = ipaddress.ip_address(host)
+    except ValueError:  # inet_aton's short forms (127.1), which the server's resolver accepts too; else a name
+        if not re.fullmatch(r"[0-9a-fx.]+", host):
+            return False
+        try:
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
 
 
 def check_password(password: str) -> str:
@@ -119,7 +134,7 @@ def build_config(hashed_password: str, ip: str = "localhost", port: int = 8888, 
     if tls is not None:
         server["certfile"], server["keyfile"] = tls
     if root_dir:
-        server["root_dir"] = str(Path(root_dir).expanduser().resolve())
+        server["root_dir"] = str(check_folder("--root-dir", str(Path(root_dir).expanduser()), exists=True).resolve())
     identity: dict[str, object] = {
         "hashed_password": hashed_password,
         "password_required": True,
@@ -140,12 +155,15 @@ def default_config_dir() -> Path:
 
 def write_config(config: Mapping[str, object], config_dir: Path, force: bool = False) -> Path:
     """Write the config as jupyter_server_config.json (mode 600, folder 700); refuse to overwrite unless `force`."""
-    config_dir = Path(config_dir).expanduser()
+    config_dir = check_folder("--config-dir", str(Path(config_dir).expanduser()))
     path = config_dir / CONFIG_NAME
     if path.exists() and not force:
         raise UnsafeSetup(f"{path} exists; look at it, then run again with --force to replace it")
-    config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:  # a file where a parent folder should be, no permission, ...
+        raise UnsafeSetup(f"cannot write {path} ({exc.strerror or exc}); choose another --config-dir") from None
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
         f.write("\n")
@@ -186,12 +204,13 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.envi
     parser.add_argument("--force", action="store_true", help="replace an existing jupyter_server_config.json")
     args = parser.parse_args(argv)
     try:
-        # Check the address and certificate before asking for a password that would then be thrown away.
+        # Check the folders, the address and certificate before asking for a password that would then be thrown away.
+        config_dir = check_folder("--config-dir", str((args.config_dir or default_config_dir()).expanduser()))
         build_config("argon2:check", args.ip, args.port, args.certfile, args.keyfile, args.root_dir)
         config = build_config(hash_password(read_password(environ)), args.ip, args.port, args.certfile, args.keyfile,
                               args.root_dir)
-        path = write_config(config, args.config_dir or default_config_dir(), force=args.force)
-    except UnsafeSetup as exc:
+        path = write_config(config, config_dir, force=args.force)
+    except (UnsafeSetup, CourseError) as exc:  # one line, exit status 2, nothing written
         print(f"refused: {exc}", file=sys.stderr)
         return REFUSED_EXIT
     except (KeyboardInterrupt, EOFError):

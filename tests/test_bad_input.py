@@ -21,7 +21,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from tools.nbexport import load
 from utils.ch03_qlora import load_prompt_dataset
 from utils.ch04_gpt2 import Tokenizer, load_instruction_data
-from utils.ch05_text_data import GPTDatasetV1, create_dataloader_v1
 from utils.checks import read_text
 from utils.errors import CourseArgumentError, CourseError
 from utils.hub import hub_errors, hub_failure
@@ -46,6 +45,7 @@ replace_linear_with_lora = LORA.replace_linear_with_lora
 generate_model_scores = load("04-instruction-gpt2/01_instruction_finetuning.ipynb").generate_model_scores
 
 CH05 = load("05-lr-schedules/01_warmup_cosine_clipping.ipynb")  # the chapter's code, from its notebook
+GPTDatasetV1, create_dataloader_v1 = CH05.GPTDatasetV1, CH05.create_dataloader_v1
 CH03 = load("03-qlora-bloom/01_quantization_basics.ipynb")
 quantize_symmetric, dequantize_symmetric = CH03.quantize_symmetric, CH03.dequantize_symmetric
 train_with_schedule = CH05.train_with_schedule
@@ -436,7 +436,6 @@ OFFLINE = [
     ("GPT-2 weights", lambda: load_gpt2("openai-community/gpt2-medium"), "openai-community/gpt2-medium"),
     ("SQuAD from the Hub", lambda: load_squad("rajpurkar/squad_v2", "train"), "rajpurkar/squad_v2"),
     ("prompts from the Hub", lambda: load_prompt_dataset("fka/awesome-chatgpt-prompts"), "fka/awesome-chatgpt-prompts"),
-    ("chapter 05's tokenizer", lambda: create_dataloader_v1("abc " * 100), "openai-community/gpt2"),
 ]
 
 

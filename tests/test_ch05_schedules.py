@@ -9,15 +9,16 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from tools.nbexport import load
-from utils.ch05_text_data import GPTDatasetV1, create_dataloader_v1
 from utils.smoke import fixture_path, tiny_checkpoint
 
 CH05 = load("05-lr-schedules/01_warmup_cosine_clipping.ipynb")  # the chapter's code, from its notebook
+GPTDatasetV1 = CH05.GPTDatasetV1
 clips_at = CH05.clips_at
 count_steps = CH05.count_steps
+create_dataloader_v1 = CH05.create_dataloader_v1
 grad_global_norm = CH05.grad_global_norm
 lr_at_step = CH05.lr_at_step
-validate_schedule = CH05.validate_schedule
+check_schedule = CH05.check_schedule
 
 SOURCE = {"initial_lr": 1e-4, "peak_lr": 0.01, "min_lr": 1e-5}  # the source's warmup demo (min = 0.1 * initial)
 
@@ -87,28 +88,28 @@ def test_equals_transformers_cosine_schedule(total_steps, warmup_steps):
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"initial_lr": 0.02}, "below initial_lr"),
     ({"min_lr": 0.02}, "below min_lr"),
-    ({"warmup_steps": 11}, "warmup_steps must be between 0 and total_steps"),
-    ({"warmup_steps": -1}, "warmup_steps must be between 0 and total_steps"),
-    ({"total_steps": 0, "warmup_steps": 0}, "total_steps must be at least 1"),
-    ({"total_steps": -5, "warmup_steps": 0}, "total_steps must be at least 1"),
+    ({"warmup_steps": 11}, r"warmup_steps must be an integer >= 0 and <= 10, got 11"),
+    ({"warmup_steps": -1}, r"warmup_steps must be an integer >= 0 and <= 10, got -1"),
+    ({"total_steps": 0, "warmup_steps": 0}, r"total_steps must be an integer >= 1, got 0"),
+    ({"total_steps": -5, "warmup_steps": 0}, r"total_steps must be an integer >= 1, got -5"),
     ({"initial_lr": -1e-4}, "initial_lr must be a finite number >= 0"),
     ({"min_lr": -1e-5}, "min_lr must be a finite number >= 0"),
-    ({"peak_lr": -0.01, "initial_lr": 0.0, "min_lr": 0.0}, "peak_lr must be a finite number >= 0"),
-    ({"peak_lr": 0.0, "initial_lr": 0.0, "min_lr": 0.0}, "peak_lr must be positive"),
+    ({"peak_lr": -0.01, "initial_lr": 0.0, "min_lr": 0.0}, "peak_lr must be a finite number > 0, got -0.01"),
+    ({"peak_lr": 0.0, "initial_lr": 0.0, "min_lr": 0.0}, "peak_lr must be a finite number > 0, got 0.0"),
     ({"peak_lr": math.nan}, "peak_lr must be a finite number"),
     ({"warmup_steps": 2.5}, "warmup_steps must be an integer"),
 ])
 def test_bad_parameters_raise_value_error(kwargs, message):
     args = {"total_steps": 10, "warmup_steps": 2, **SOURCE, **kwargs}
     with pytest.raises(ValueError, match=message):
-        validate_schedule(**args)
+        check_schedule(**args)
     with pytest.raises(ValueError, match=message):
         lr_at_step(0, **args)
 
 
 @pytest.mark.parametrize("step", [-1, 11])
 def test_step_outside_the_schedule_raises(step):
-    with pytest.raises(ValueError, match="step must be between 0 and total_steps"):
+    with pytest.raises(ValueError, match=rf"step must be an integer >= 0 and <= 10, got {step}"):
         lr_at_step(step, total_steps=10, warmup_steps=2, **SOURCE)
 
 
@@ -121,7 +122,7 @@ def test_count_steps_from_real_batches():
         count_steps(0, 3, 0.2)
     with pytest.raises(ValueError, match="num_epochs"):
         count_steps(5, 0, 0.2)
-    with pytest.raises(ValueError, match="warmup_fraction"):
+    with pytest.raises(ValueError, match=r"warmup_fraction must be a finite number >= 0 and <= 1, got 1.5"):
         count_steps(5, 3, 1.5)
     with pytest.raises(ValueError, match="warmup_fraction"):
         count_steps(5, 3, -0.1)

@@ -196,13 +196,13 @@ class UntouchableLoader:
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"peak_lr": 1e-4, "initial_lr": 1e-3}, "below initial_lr"),
     ({"peak_lr": 1e-4, "min_lr": 1e-3}, "below min_lr"),
-    ({"warmup_fraction": 1.5}, "warmup_fraction must be between 0 and 1"),
-    ({"warmup_fraction": -0.2}, "warmup_fraction must be between 0 and 1"),
+    ({"warmup_fraction": 1.5}, r"warmup_fraction must be a finite number >= 0 and <= 1, got 1.5"),
+    ({"warmup_fraction": -0.2}, r"warmup_fraction must be a finite number >= 0 and <= 1, got -0.2"),
     ({"initial_lr": -1e-4}, "initial_lr must be a finite number >= 0"),
     ({"min_lr": -1.0}, "min_lr must be a finite number >= 0"),
-    ({"peak_lr": -0.01, "initial_lr": 0.0, "min_lr": 0.0}, "peak_lr must be a finite number >= 0"),
-    ({"max_norm": 0.0}, "max_norm must be positive"),
-    ({"max_norm": -1.0}, "max_norm must be positive"),
+    ({"peak_lr": -0.01, "initial_lr": 0.0, "min_lr": 0.0}, "peak_lr must be a finite number > 0, got -0.01"),
+    ({"max_norm": 0.0}, r"max_norm must be a finite number > 0 \(or None\), got 0.0; None: no clipping"),
+    ({"max_norm": -1.0}, r"max_norm must be a finite number > 0 \(or None\), got -1.0"),
     ({"num_epochs": 0}, r"train_with_schedule\(\): num_epochs must be an integer >= 1, got 0"),
 ])
 def test_bad_parameters_raise_before_training(kwargs, message):

@@ -134,7 +134,11 @@ def _atomic_build(folder: Path, build) -> Path:
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    build(tmp)
+    try:
+        build(tmp)
+    except BaseException:  # offline without the GPT-2 BPE, interrupted, ...: leave no half-built folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     (tmp / "BUILT.json").write_text(json.dumps({"version": BUILDER_VERSION}) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)

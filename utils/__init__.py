@@ -14,7 +14,6 @@
 - ch02_squad: chapter 02's SQuAD file, record and argument checks
 - ch03_qlora: chapter 03's prompt data, 4-bit checks, and trl and bitsandbytes workarounds
 - ch04_gpt2: chapter 04's checkpoints, tokenizer, instruction data, and the LLM judge's checks and errors
-- ch05_text_data: chapter 05's sliding-window next-token data
 
 utils/lessons/ holds the modules `make sync` generates from notebook cells marked `#| export <module>` (edit the
 cells): gpt and instruction_data (chapter 04), peft_recipes (chapter 01), quantization and memory_budget (chapter 03).

@@ -90,8 +90,10 @@ def check_folder(name: str, value, *, exists: bool = False, hint: str = "") -> P
     if not isinstance(value, str | os.PathLike) or not str(value).strip():
         raise _bad(name, value, "a folder path", hint)
     path = Path(value)
-    if path.exists() and not path.is_dir():
-        raise _bad(name, value, "a folder, not an existing file", hint or "pass a folder path, or move the file away")
+    there = next((p for p in (path, *path.parents) if p.exists()), path)  # it, or the part of it that exists
+    if there.exists() and not there.is_dir():
+        raise _bad(name, value, "a folder, not an existing file" if there == path else f"a folder path, but {there} "
+                   "is a file", hint or "pass a folder path, or move the file away")
     if exists and not path.is_dir():
         raise _bad(name, value, "an existing folder", hint or f"create it first (mkdir -p {path})")
     return path

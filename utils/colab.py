@@ -57,8 +57,8 @@ def stale_modules(changed: Iterable[str], loaded: Iterable[str]) -> list[str]:
 
 def install_course_stack(requirements: Path = COLAB_REQUIREMENTS) -> dict[str, tuple[str | None, str]]:
     """Install what `requirements` pins and this runtime lacks; return {package: (old version or None, new)}."""
+    pins = pinned_versions(requirements)  # a missing or empty file: a CourseError naming it, before anything else
     check_runtime(sys.version_info[:2], installed_versions().get("torch"), torch_range())
-    pins = pinned_versions(requirements)
     todo = [f"{name}=={want}" for name, (_, want) in version_mismatches(pins).items()]
     if not todo:
         print(f"The course's ML stack is already installed ({', '.join(f'{n} {v}' for n, v in pins.items())}): "

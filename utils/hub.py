@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from utils.checks import check_folder
 from utils.errors import CourseError
 from utils.paths import cache_dir
 
@@ -51,7 +52,7 @@ def download(url: str, filename: str, *, sha256: str | None = None, timeout_s: f
     """The cached copy of `url` (as `filename`), downloaded once; CourseError for a failed download or a bad sha256."""
     import requests
 
-    path = cache_dir() / "downloads" / filename
+    path = check_folder("the downloads folder", cache_dir() / "downloads") / filename
     if not path.is_file():
         if offline():
             raise CourseError(f"{filename} is not in the cache ({path}) and HF_HUB_OFFLINE=1 forbids downloading it "

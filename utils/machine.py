@@ -4,6 +4,7 @@ check that a model's memory was released."""
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 import os
 import platform
 import re
@@ -17,8 +18,15 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
-from utils.errors import CourseError
+from utils.checks import read_text
+from utils.errors import CourseArgumentError, CourseError
 from utils.paths import ROOT
+
+# bitsandbytes >= 0.50 on a CPU with AVX512-BF16 logs this at import: it tries to fetch optional kernels from the Hub
+# (the `kernels` package, not installed) and falls back to its own CPU kernels, which the course uses. Harmless, and
+# nothing a learner can act on, so filtered by its exact message.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+    lambda record: not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward from kernels-community"))
 
 # About how much GPU memory each chapter's full recipe needs (estimates: weights + LoRA state + activations with
 # gradient checkpointing at the chapters' batch sizes; the chapter READMEs break them down), for the advice below.
@@ -38,11 +46,27 @@ def pick_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+DEVICE_NAME = re.compile(r"(cpu|cuda|mps|meta)(:\d+)?")
+
+
+def as_device(device=None):
+    """`device` as a torch.device (None: `pick_device()`); a name torch cannot parse ("gpu", "cuda:x", "cpu0") is a
+    CourseArgumentError naming the valid forms, before torch's own message."""
+    import torch
+
+    if device is None or isinstance(device, torch.device):
+        return device if device is not None else pick_device()
+    if not (isinstance(device, str) and DEVICE_NAME.fullmatch(device.strip())):
+        raise CourseArgumentError(f"device {device!r} is not a device name torch can parse: use \"cpu\", \"cuda\", "
+                                  f"\"cuda:0\" (a GPU by number), \"mps\" or a torch.device")
+    return torch.device(device.strip())
+
+
 def pick_dtype(device=None, capability: tuple[int, int] | None = None):
     """bf16 at compute capability >= 8.0, fp16 below (a T4 is 7.5), fp32 on a CPU; `capability` overrides CUDA's."""
     import torch
 
-    device = torch.device(device) if device is not None else pick_device()
+    device = as_device(device)
     if device.type != "cuda":
         return torch.float32
     major, minor = capability if capability is not None else torch.cuda.get_device_capability(device)
@@ -58,7 +82,7 @@ def pinned_versions(requirements: str | os.PathLike | None = None) -> dict[str, 
     """{normalised name: version} of a requirements file's `name==version` pins, its `-r` includes' too."""
     path = Path(requirements) if requirements is not None else requirements_file()
     pins: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_text(path).splitlines():  # a missing file: a CourseError naming it
         if include := re.match(r"^\s*-r\s+(\S+)", line):
             pins.update(pinned_versions(path.parent / include.group(1)))
         elif match := re.match(r"^\s*([A-Za-z0-9_.\-]+)\s*==\s*([^\s;#]+)", line):
@@ -171,7 +195,7 @@ def peak_memory(device=None, interval_s: float = 0.005) -> Iterator[PeakMemory]:
     import psutil
     import torch
 
-    device = torch.device(device) if device is not None else pick_device()
+    device = as_device(device)
     cuda, rss, stop = device.type == "cuda", psutil.Process().memory_info, threading.Event()
     if cuda:
         torch.cuda.synchronize(device)
@@ -218,7 +242,7 @@ def check_released(device=None, watched=()) -> int:
         holders = [type(h).__name__ for obj in alive for h in gc.get_referrers(obj) if not isinstance(h, list)][:5]
         raise CourseError(f"{', '.join(type(obj).__name__ for obj in alive)} is still referenced (by {holders}) "
                           "after del: its memory was not released; delete every name that refers to it")
-    device = torch.device(device) if device is not None else pick_device()
+    device = as_device(device)
     if device.type != "cuda":
         return 0
     torch.cuda.empty_cache()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from utils.checks import check_folder
+
 ROOT: Path = Path(__file__).resolve().parent.parent
 FIXTURES_DIR: Path = ROOT / "data" / "fixtures"
 BUILD_DIR: Path = ROOT / "build"
@@ -17,6 +19,7 @@ REPO_URL: str = f"https://github.com/{REPO_SLUG}"
 
 def cache_dir() -> Path:
     """The course's cache folder (tiny checkpoints, downloads); `COURSE_CACHE_DIR` overrides `ROOT/.cache`."""
-    path = Path(os.environ.get("COURSE_CACHE_DIR", ROOT / ".cache"))
+    path = check_folder("COURSE_CACHE_DIR", os.environ.get("COURSE_CACHE_DIR", ROOT / ".cache"),
+                        hint="point COURSE_CACHE_DIR at a folder (or unset it: ROOT/.cache)")
     path.mkdir(parents=True, exist_ok=True)
     return path
