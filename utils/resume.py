@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from utils.checks import check_field, check_int, check_tensors
+from utils.checks import check_field, check_flag, check_folder, check_int, check_tensors
 from utils.errors import CourseArgumentError, CourseError
 
 _MARKS = ("__tensor__", "__tuple__", "__items__")
@@ -134,6 +134,9 @@ def check_loop_args(train_loader, num_epochs, eval_freq, eval_iter, checkpoint_d
     check_int("eval_iter", eval_iter, minimum=1, optional=True, hint="batches per evaluation, None for all")
     check_int("checkpoint_every", checkpoint_every, minimum=1, optional=True)
     check_int("stop_after_steps", stop_after_steps, minimum=1, optional=True)
+    check_flag("resume", resume)  # the string "False" is refused, not taken as true
+    if checkpoint_dir is not None:  # a file there would fail only at the first save, after the steps before it
+        check_folder("checkpoint_dir", checkpoint_dir)
     if checkpoint_dir is None and (resume or checkpoint_every):
         raise CourseArgumentError(f"{sys._getframe(1).f_code.co_name}(): resume=True and checkpoint_every need a "
                                   "checkpoint_dir to read and write")
