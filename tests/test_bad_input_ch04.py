@@ -189,3 +189,18 @@ STRINGS = [  # (id, call, message)
 def test_strings_for_numbers_and_booleans(call, message):
     with pytest.raises(CourseError, match=message):
         call()
+
+
+@pytest.mark.parametrize("arch", ["gptj", "bloom"])
+def test_load_gpt2_hub_id_other_architecture_before_download(monkeypatch, arch):
+    """A Hub id of another model type: its config.json is fetched and refused before any weight is downloaded."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name: str(Path(tiny_checkpoint(arch)) / name))
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were downloaded before config.json was checked")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_weights)
+    with pytest.raises(CourseError, match=r"some-user/a-model: config.json: model_type '\w+': GPTModel loads GPT-2"):
+        load_gpt2("some-user/a-model")

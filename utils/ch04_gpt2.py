@@ -75,9 +75,12 @@ def resolve_checkpoint(model_id_or_path: str | os.PathLike) -> Path:
     path = Path(model_id_or_path)
     if path.is_dir():
         return path
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import hf_hub_download, snapshot_download
 
     with hub_errors(model_id_or_path):  # offline, unknown id, no token: a CourseError that says what to do
+        # config.json first: a checkpoint of another model type is refused before its weights are downloaded
+        config_from_hf(read_json(hf_hub_download(str(model_id_or_path), "config.json")),
+                       source=f"{model_id_or_path}: config.json")
         # the model's config and safetensors weights only (the Hub repos also hold TF, Flax, ONNX and pickle files)
         return Path(snapshot_download(str(model_id_or_path),
                                       allow_patterns=["config.json", "model*.safetensors", "model.safetensors.index.json"]))
