@@ -9,8 +9,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from utils.ch04_gpt2 import check_gpt_config, config_from_hf, resolve_checkpoint
-from utils.checks import check_int, check_number, check_tensors, load_safetensors, read_json
+from utils.ch04_gpt2 import (
+    GPTConfigs,
+    check_generate_args,
+    check_gpt_config,
+    config_from_hf,
+    resolve_checkpoint,
+)
+from utils.checks import check_int, check_tensors, load_safetensors, read_json
 from utils.errors import CourseArgumentError, CourseError
 from utils.resume import begin_epoch, check_loop_args, load_checkpoint, rng_state, save_checkpoint
 
@@ -135,12 +141,12 @@ class GPTModel(nn.Module):
 
 
 _GPT2_BASE = {"vocab_size": 50257, "context_length": 1024, "drop_rate": 0.0, "qkv_bias": True}
-GPT_CONFIGS = {
+GPT_CONFIGS = GPTConfigs({
     "gpt2-small (124M)": {**_GPT2_BASE, "emb_dim": 768, "n_layers": 12, "n_heads": 12},
     "gpt2-medium (355M)": {**_GPT2_BASE, "emb_dim": 1024, "n_layers": 24, "n_heads": 16},
     "gpt2-large (774M)": {**_GPT2_BASE, "emb_dim": 1280, "n_layers": 36, "n_heads": 20},
     "gpt2-xl (1558M)": {**_GPT2_BASE, "emb_dim": 1600, "n_layers": 48, "n_heads": 25},
-}
+})
 GPT_CONFIG_124M = {
     "vocab_size": 50257,     # vocabulary size of the GPT-2 BPE tokenizer
     "context_length": 1024,  # longest sequence the position embeddings cover
@@ -217,10 +223,7 @@ def token_ids_to_text(token_ids, tokenizer):
 
 
 def generate(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None):
-    check_int("max_new_tokens", max_new_tokens, minimum=0)
-    check_int("context_size", context_size, minimum=1)
-    check_number("temperature", temperature, minimum=0)
-    check_int("top_k", top_k, minimum=1, optional=True)
+    check_generate_args(model, idx, max_new_tokens, context_size, temperature, top_k, eos_id)
     for _ in range(max_new_tokens):
         idx_cond = idx[:, -context_size:]  # crop to the context the model supports
         with torch.no_grad():

@@ -4,8 +4,11 @@
 import torch
 from torch.utils.data import Dataset
 
-from utils.checks import check_fraction, check_int
-from utils.errors import CourseError
+from utils.ch04_gpt2 import (
+    check_collate_args,
+    check_dataset_args,
+    check_split_args,
+)
 
 #: The Alpaca prompt's fixed text: the preamble and the headers around a record's instruction, input and output.
 ALPACA_TEMPLATE = {
@@ -24,25 +27,18 @@ def format_input(entry):
 
 
 def split_data(data, train_frac=0.85, test_frac=0.10):
-    check_fraction("train_frac", train_frac)
-    check_fraction("test_frac", test_frac)
-    check_fraction("train_frac + test_frac", round(train_frac + test_frac, 9), hint="validation gets the rest")
-    # The source's order: the first 85% train, the next 10% test, the rest (5%) validation
+    check_split_args(data, train_frac, test_frac)
     train_portion = int(len(data) * train_frac)
     test_portion = int(len(data) * test_frac)
     train_data = data[:train_portion]
     test_data = data[train_portion:train_portion + test_portion]
     val_data = data[train_portion + test_portion:]
-    for name, split, frac in (("train", train_data, train_frac), ("test", test_data, test_frac),
-                              ("validation", val_data, 1 - train_frac - test_frac)):
-        if frac > 1e-9 and not split:  # a split that was asked for but got no record
-            raise CourseError(f"split_data: {len(data)} records leave the {name} split empty at train_frac={train_frac}, "
-                              f"test_frac={test_frac}; use more records or change the fractions")
     return train_data, test_data, val_data
 
 
 class InstructionDataset(Dataset):
     def __init__(self, data, tokenizer, mask_instructions=False):
+        check_dataset_args(data, mask_instructions)  # every record's fields are strings; a bool, not "False"
         self.data = data
         self.mask_instructions = mask_instructions
         self.encoded_texts, self.instruction_lengths = [], []
@@ -62,8 +58,7 @@ class InstructionDataset(Dataset):
 
 
 def custom_collate_fn(batch, pad_token_id=50256, ignore_index=-100, allowed_max_length=None, device="cpu"):
-    check_int("pad_token_id", pad_token_id, minimum=0, hint="GPT-2 pads with its <|endoftext|> id, 50256")
-    check_int("allowed_max_length", allowed_max_length, minimum=1, optional=True)
+    check_collate_args(batch, pad_token_id, ignore_index, allowed_max_length)  # a non-empty batch, int ids
     # Items are token lists, or (instruction_length, token list) pairs to mask the prompt's targets too
     items = [item if isinstance(item, tuple) else (0, item) for item in batch]
     batch_max_length = max(len(tokens) + 1 for _, tokens in items)  # +1: the <|endoftext|> appended below
