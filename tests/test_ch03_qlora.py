@@ -218,7 +218,7 @@ def test_train_qlora_under_the_t4_recipe_steps_on_fp32_adapters(tmp_path, monkey
     train_qlora = _train_qlora_module()
     monkeypatch.setattr(train_qlora, "pick_dtype", lambda device: torch.float16)
     if not cast_back:
-        monkeypatch.setattr(train_qlora, "adapters_to_fp32", lambda model: 0)
+        monkeypatch.setattr("utils.ch03_qlora.adapters_to_fp32", lambda model: 0)  # main() imports it from there
     seen, trainers = [], []
     real_train = SFTTrainer.train
     monkeypatch.setattr(SFTTrainer, "train", lambda self, *a, **k: trainers.append(self) or real_train(self, *a, **k))

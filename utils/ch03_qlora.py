@@ -1,6 +1,6 @@
 """Chapter 03's plumbing for QLoRA: the prompt data as trl wants it, a check that 4-bit runs here, trl's adapter dtype
-put back to fp32, and a workaround for bitsandbytes 0.50.2 on CPUs with AVX512-BF16. The quantization itself is written
-in 01_quantization_basics.ipynb."""
+put back to fp32, a workaround for bitsandbytes 0.50.2 on CPUs with AVX512-BF16, and the argument check of the
+quantization lesson. The quantization itself is written in 01_quantization_basics.ipynb."""
 
 from __future__ import annotations
 
@@ -10,9 +10,26 @@ from pathlib import Path
 import torch
 from bitsandbytes.nn import Linear4bit
 
-from utils.checks import Record, check_field, check_int, read_records
+from utils.checks import Record, check_field, check_int, check_number, read_records
 from utils.errors import CourseError
 from utils.hub import hub_errors
+
+
+def _prompt_file(source) -> Path | None:
+    """`source` as the Path of a local prompts file, checked (there, a file, not JSON Lines holding one list), or None
+    when it is a Hub dataset id."""
+    path = Path(source)
+    if not (path.suffix in {".csv", ".json", ".jsonl"} or path.exists() or str(source).startswith((".", "/", "~"))):
+        return None
+    if not path.exists():
+        raise CourseError(f"{source}: no such file; check the path (relative paths start at {Path.cwd()})")
+    if path.is_dir():
+        raise CourseError(f"{source} is a folder: pass the .csv, .json or .jsonl file of prompts in it, or a Hub "
+                          "dataset id such as fka/awesome-chatgpt-prompts")
+    if path.suffix == ".jsonl" and path.read_text(errors="replace").lstrip().startswith("["):
+        raise CourseError(f"{source} holds one JSON list [...], not JSON Lines (one object per line): rename it to "
+                          f"{path.stem}.json")
+    return path
 
 
 def load_prompt_dataset(source, column="prompt", limit=None):
@@ -20,8 +37,8 @@ def load_prompt_dataset(source, column="prompt", limit=None):
     from datasets import Dataset, load_dataset  # datasets is slow to import: only when prompts are loaded
 
     check_int("limit", limit, minimum=1, optional=True)
-    if Path(source).suffix in {".csv", ".json", ".jsonl"} or Path(source).exists():
-        records = read_records(source)  # checked: UTF-8, one object per record, no ragged CSV row, not empty
+    if (path := _prompt_file(source)) is not None:
+        records = read_records(path)  # checked: UTF-8, one object per record, no ragged CSV row, not empty
     else:
         with hub_errors(source, kind="dataset"):
             rows = load_dataset(str(source), split="train")
@@ -80,3 +97,10 @@ def keep_4bit_trainable(model: torch.nn.Module) -> int:
     for layer in layers:
         layer.support_avx512bf16_for_cpu = False  # the flag bitsandbytes reads before repacking
     return len(layers)
+
+
+def check_quantize_args(bits, max_abs) -> None:
+    """The arguments of 01_quantization_basics' `quantize_symmetric` and `dequantize_symmetric`: an integer number of
+    bits from 2 to 32 (1 bit leaves no level but 0 in a symmetric scheme) and a finite max_abs above 0."""
+    check_int("bits", bits, minimum=2, maximum=32)
+    check_number("max_abs", max_abs, above=0)
