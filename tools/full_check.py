@@ -64,6 +64,7 @@ PLANS: dict[str, dict[str, object]] = {
         "TRAIN_N": 8, "VAL_LOSS_N": 2, "EVAL_N": 2, "EPOCHS": 2,
     },
     "03-qlora-bloom/03_qlora_bloom_sfttrainer.ipynb": {"NUM_PROMPTS": 8, "EPOCHS": 2},
+    "03-qlora-bloom/04_merge_adapter.ipynb": {"NUM_PROMPTS": 8},  # and DEFAULTS' STEPS = 3 before the merges
     "04-instruction-gpt2/01_instruction_finetuning.ipynb": {
         "DATA_SOURCE": str(fixture_path("instructions")), "NUM_EPOCHS": 1, "EVAL_ITER": 1,
     },

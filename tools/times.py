@@ -48,6 +48,8 @@ T4_RECIPES: dict[str, tuple[float, ...]] = {
     "02-lora-gptj/01_lora_gptj_squad.ipynb": (6.05e9, 2 * 2000 * 250, 400 * 16 * 3, 6.05e9 * 1.2),
     # 3 epochs x 120 prompts x ~120 tokens; 4 generations x 60 tokens
     "03-qlora-bloom/03_qlora_bloom_sfttrainer.ipynb": (7.07e9, 3 * 120 * 120, 4 * 60, 7.07e9 * 0.55 + 1.03e9 * 4),
+    # 60 steps x 4 prompts x ~120 tokens, then one forward per model compared (nothing generated); loading excluded
+    "03-qlora-bloom/04_merge_adapter.ipynb": (7.07e9, 60 * 4 * 120, 0, 0),
     # 2 epochs x 935 entries x ~90 tokens; 110 responses x 256 tokens without a KV cache: each new token re-reads
     # its whole context (~200 tokens on average)
     "04-instruction-gpt2/01_instruction_finetuning.ipynb": (3.55e8, 2 * 935 * 90, 110 * 256, 3.55e8 * 4,
