@@ -1,7 +1,10 @@
 """The checks behind chapter 02's SQuAD code, which its notebook imports and names: a SQuAD file (the official JSON
 layout or the Hub's flat records), one record, the arguments, the skip policy for records that do not fit, and a set
-of predictions. Each fails with a CourseError naming the file, the record and the field. The lesson itself (the
-prompt, the labels, the padding, the metric) is written in the notebook.
+of predictions; the one named check call at the top of each taught function (check_load_args, check_encode_args,
+check_records_args, check_collate_args, check_train_args), the run's paths (check_run_paths) and a saved adapter
+(check_saved_adapter). Each fails with a CourseError naming the file, the record and the field, or a
+CourseArgumentError naming the function and the argument. The lesson itself (the prompt, the labels, the padding,
+the metric) is written in the notebook.
 """
 
 from __future__ import annotations
@@ -151,8 +154,9 @@ def check_predictions(predictions: dict, records: list[dict]) -> None:
 
 def _argument(name: str, value, expected: str, hint: str = "") -> CourseArgumentError:
     """A CourseArgumentError naming the chapter function being called (the caller of the check_* function)."""
-    function = sys._getframe(2).f_code.co_name
-    return CourseArgumentError(f"{function}(): {name} must be {expected}, got {value!r}" + (f"; {hint}" if hint else ""))
+    function, shown = sys._getframe(2).f_code.co_name, repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."  # a whole batch would drown the message
+    return CourseArgumentError(f"{function}(): {name} must be {expected}, got {shown}" + (f"; {hint}" if hint else ""))
 
 
 def check_load_args(source, split, n, seed) -> None:
