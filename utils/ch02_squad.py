@@ -1,17 +1,21 @@
 """The checks behind chapter 02's SQuAD code, which its notebook imports and names: a SQuAD file (the official JSON
 layout or the Hub's flat records), one record, the arguments, the skip policy for records that do not fit, and a set
-of predictions. Each fails with a CourseError naming the file, the record and the field. The lesson itself (the
-prompt, the labels, the padding, the metric) is written in the notebook.
+of predictions; the one named check call at the top of each taught function (check_load_args, check_encode_args,
+check_records_args, check_collate_args, check_train_args), the run's paths (check_run_paths) and a saved adapter
+(check_saved_adapter). Each fails with a CourseError naming the file, the record and the field, or a
+CourseArgumentError naming the function and the argument. The lesson itself (the prompt, the labels, the padding,
+the metric) is written in the notebook.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from utils.checks import check_field, check_fraction, check_int, read_json
-from utils.errors import CourseError
+from utils.checks import check_field, check_flag, check_fraction, check_int, load_safetensors, read_json
+from utils.errors import CourseArgumentError, CourseError
 
 
 def check_squad_fields(record, where: str, nonempty: bool = False) -> None:
@@ -146,3 +150,89 @@ def check_predictions(predictions: dict, records: list[dict]) -> None:
                           "text, \"\" for no answer")
     if missing := [r["id"] for r in records if r["id"] not in predictions]:
         raise CourseError(f"no prediction for {len(missing)} record(s), first: {missing[0]}")
+
+
+def _argument(name: str, value, expected: str, hint: str = "") -> CourseArgumentError:
+    """A CourseArgumentError naming the chapter function being called (the caller of the check_* function)."""
+    function, shown = sys._getframe(2).f_code.co_name, repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."  # a whole batch would drown the message
+    return CourseArgumentError(f"{function}(): {name} must be {expected}, got {shown}" + (f"; {hint}" if hint else ""))
+
+
+def check_load_args(source, split, n, seed) -> None:
+    """load_squad's arguments: a dataset id or a file path, a split name, the slice."""
+    if not isinstance(source, str | os.PathLike) or not str(source).strip():
+        raise _argument("source", source, "a Hub dataset id such as 'rajpurkar/squad_v2' or a path to a SQuAD file")
+    if not isinstance(split, str) or not split.strip():
+        raise _argument("split", split, "a split name such as 'train' or 'validation'")
+    check_slice(n, seed)
+
+
+def check_encode_args(record, tokenizer, max_length, with_answer) -> None:
+    """encode_example's arguments, and the record itself (check_record)."""
+    check_max_length(tokenizer, max_length)
+    check_flag("with_answer", with_answer)
+    check_record(record)
+
+
+def check_records_args(records, tokenizer, max_length, with_answer) -> None:
+    """encode_records' arguments: a list of records (not a string, not one record; skip_bad_records refuses an empty
+    one), the sizes."""
+    if not isinstance(records, list | tuple):
+        raise _argument("records", records, "a list of SQuAD records (dicts), not one record or a file name",
+                        "load them with load_squad")
+    check_max_length(tokenizer, max_length)
+    check_flag("with_answer", with_answer)
+
+
+def check_collate_args(batch, pad_token_id) -> None:
+    """collate_squad_batch's arguments: a non-empty list of encoded examples, and a pad token id."""
+    if isinstance(batch, str | dict) or not isinstance(batch, list | tuple) or not batch:
+        raise _argument("batch", batch, "a non-empty list of encoded examples (encode_example's dicts)",
+                        "an empty batch has no longest example to pad to: check the batch size and the data")
+    for i, example in enumerate(batch):
+        if not isinstance(example, dict) or not all(
+                isinstance(example.get(key), list | tuple) for key in ("input_ids", "labels")):
+            raise _argument(f"batch[{i}]", example, "an encoded example with lists 'input_ids' and 'labels'",
+                            "encode the records with encode_example or encode_records first")
+    check_pad_token_id(pad_token_id)
+
+
+def check_train_args(batches, grad_accum, pad_token_id, amp_dtype) -> None:
+    """squad_train_epoch's arguments, before the first step: batches of examples, the accumulation, the precision."""
+    import torch
+
+    if isinstance(batches, str | dict) or not isinstance(batches, list | tuple) or not batches:
+        raise _argument("batches", batches, "a non-empty list of batches (each a list of encoded examples)",
+                        "an epoch with no batches trains nothing: check the data and the batch size")
+    for i, batch in enumerate(batches):
+        if isinstance(batch, str | dict) or not isinstance(batch, list | tuple) or not batch:
+            raise _argument(f"batches[{i}]", batch, "a non-empty list of encoded examples")
+    check_int("grad_accum", grad_accum, minimum=1, hint="an optimizer step every grad_accum batches")
+    check_pad_token_id(pad_token_id)
+    if amp_dtype not in (None, torch.float16, torch.bfloat16):
+        raise _argument("amp_dtype", amp_dtype, "torch.float16, torch.bfloat16 or None (no autocast, fp32)")
+
+
+def check_run_paths(resume, checkpoint: Path, adapter_dir: Path) -> None:
+    """The parameters cell's RESUME and where the run writes, checked before the first step: a folder that is an
+    existing file would fail only after an epoch of training."""
+    if not isinstance(resume, bool):
+        raise CourseArgumentError(f"RESUME must be True or False, got {resume!r}; write the bool itself in the "
+                                  "parameters cell (papermill: -p RESUME True), not a string or a number")
+    for what, folder in (("the checkpoint's folder", checkpoint.parent), ("the adapter folder", adapter_dir)):
+        if folder.exists() and not folder.is_dir():
+            raise CourseError(f"{folder} ({what}) is an existing file, not a folder: move it away or delete it, "
+                              "then run again (nothing has been trained yet)")
+    if checkpoint.is_dir():
+        raise CourseError(f"{checkpoint} is a folder; the checkpoint is one file: move the folder away or delete it")
+
+
+def check_saved_adapter(folder: str | os.PathLike) -> None:
+    """An adapter folder save_pretrained wrote, checked before a base model is loaded for it: its config and its
+    safetensors weights readable (a save or copy that did not finish leaves a truncated file)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CourseError(f"{folder}: no adapter folder there; save the adapter first (model.save_pretrained)")
+    read_json(folder / "adapter_config.json")
+    load_safetensors(folder / "adapter_model.safetensors")
