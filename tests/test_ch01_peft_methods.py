@@ -368,6 +368,9 @@ def test_held_out_loss_is_the_task_loss_without_adalora_penalty(tokenizer):
         assert held_out_loss(prompt_model, tokenizer, pairs) == pytest.approx(prompt_model(**batch).loss.item(), rel=1e-5)
 
 
+# peft checks AdaLoRA's rank_pattern keys (lambda parameter names) by LoRA's rules, against module names, and warns;
+# AdaLoRA's loader uses them all the same (07_adalora.ipynb filters it by the same message, and says why)
+@pytest.mark.filterwarnings("ignore:The following rank_pattern keys did not match any targeted module:RuntimeWarning")
 @pytest.mark.parametrize("method", list(METHODS))
 def test_save_and_reload_gives_the_same_logits(method, tokenizer, tmp_path):
     pairs = load_reviews(fixture_path("rotten_tomatoes_validation"))[:4]
@@ -394,7 +397,7 @@ def test_adalora_p_and_q_get_gradient_only_from_the_penalty_while_lambda_is_zero
         model.zero_grad(set_to_none=True)
         return sums
 
-    assert all(float(p.abs().sum()) == 0 for n, p in model.named_parameters() if ".lora_E." in n)
+    assert all(float(p.detach().abs().sum()) == 0 for n, p in model.named_parameters() if ".lora_E." in n)
     task = grads(model.base_model.model(**batch).loss)
     peft_loss = grads(model(**batch).loss)
     assert task["A"] == task["B"] == 0.0 and task["E"] > 0

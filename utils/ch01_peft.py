@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import random
 import re
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -21,7 +22,15 @@ from peft.optimizers import create_loraplus_optimizer
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, DataCollatorForSeq2Seq, set_seed
 
-from utils.checks import check_field, check_int, check_number, check_target_modules, read_records
+from utils.checks import (
+    check_field,
+    check_flag,
+    check_int,
+    check_names,
+    check_number,
+    check_target_modules,
+    read_records,
+)
 from utils.errors import CourseArgumentError, CourseError
 from utils.hub import hub_errors
 from utils.machine import pick_device
@@ -46,8 +55,10 @@ def check_targets(recipe: str, model_id: str, target_modules, rank: int | None =
     if model_id in REAL_CONFIGS:  # the published config: no network
         skeleton = meta_model(model_id)
     else:
+        with hub_errors(model_id):  # a mistyped id, offline: the course's Hub message, not transformers' OSError
+            config = AutoConfig.from_pretrained(model_id)
         with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_id))
+            skeleton = AutoModelForCausalLM.from_config(config)
     check_target_modules(skeleton, list(target_modules))
     if rank is None:
         return
@@ -60,6 +71,36 @@ def check_targets(recipe: str, model_id: str, target_modules, rank: int | None =
                                           f"not be low-rank; use a rank < {side}")
 
 
+
+#: How `check_recipe` checks a recipe argument, by its name (one place for every recipe's checks).
+COUNTS = ("r", "init_r", "target_r", "num_virtual_tokens", "encoder_hidden_size", "total_step", "deltaT")
+FLAGS = ("prefix_projection",)
+
+
+def check_recipe(model_id: str | None = None, **args) -> None:
+    """A recipe's one check call, before any model loads: counts are integers >= 1, lora_alpha > 0, lora_dropout in
+    [0, 1), loraplus_lr_ratio >= 1, `*_modules` lists of names (a bare string is refused, not read as its letters),
+    flags True or False (the string "False" is refused); then `target_modules` (and the rank `r` or `init_r`) against
+    `model_id`'s config. A CourseArgumentError names the recipe and the argument."""
+    recipe = sys._getframe(1).f_code.co_name
+    for name, value in args.items():
+        if name in COUNTS:
+            check_int(name, value, minimum=1)
+        elif name == "lora_alpha":
+            check_number(name, value, above=0)
+        elif name == "lora_dropout":
+            check_number(name, value, minimum=0, below=1)
+        elif name == "loraplus_lr_ratio":
+            check_number(name, value, minimum=1, hint="B's rate over A's")
+        elif name.endswith("_modules"):
+            check_names(name, value, hint="give a list of module names such as ['query_key_value'], not one string")
+        elif name in FLAGS:
+            check_flag(name, value)
+        else:
+            raise TypeError(f"check_recipe() has no rule for {name!r}: add it to COUNTS, FLAGS or the rules above")
+    if model_id is not None and "target_modules" in args:
+        check_targets(recipe, model_id, args["target_modules"], rank=args.get("r", args.get("init_r")))
+
 DATASET = "cornell-movie-review-data/rotten_tomatoes"
 LABELS = ("negative", "positive")  # the dataset's label 0 and 1 (its ClassLabel names are "neg" and "pos")
 REVIEW_PROMPT = "Review: {text}\nSentiment:"  # the model continues it with " positive" or " negative"
@@ -68,11 +109,15 @@ REVIEW_PROMPT = "Review: {text}\nSentiment:"  # the model continues it with " po
 def load_reviews(source: str | Path, split: str = "train", limit: int | None = None,
                  seed: int = 0) -> list[tuple[str, str]]:
     """Reviews as (prompt, completion) pairs, shuffled with `seed`, the first `limit` kept. `source` is a .jsonl file
-    (one {"text": ..., "label": 0 or 1} per line) or a Hub dataset id; a bad record is a CourseError naming it."""
+    (one {"text": ..., "label": 0 or 1} per line), a .json file (a list of such records, or the same JSON lines) or a
+    Hub dataset id; a bad file or record is a CourseError naming it."""
     check_int("limit", limit, minimum=1, optional=True, hint="None keeps every review")
     path = Path(source)
-    if path.suffix == ".jsonl":
+    if path.suffix in (".jsonl", ".json"):  # JSON lines, or a JSON list of records (read_records names bad ones)
         where, records = str(path), read_records(path)
+    elif path.is_file():
+        raise CourseError(f"{path}: reviews are read from a .jsonl file (one {{\"text\": ..., \"label\": 0 or 1}} "
+                          f"per line) or a .json list of such records; convert the file, or pass a Hub dataset id")
     else:
         from datasets import load_dataset  # full mode only
 

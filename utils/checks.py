@@ -278,6 +278,7 @@ def check_target_modules(model, target_modules):
     """Raise a CourseError naming any of `target_modules` that `model` has no module for (before get_peft_model)."""
     import torch
 
+    target_modules = check_names("target_modules", target_modules, hint="pass a list such as ['query_key_value']")
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in target_modules if t not in names]
     if missing:

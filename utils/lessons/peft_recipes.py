@@ -13,8 +13,8 @@
 
 import peft
 
-from utils.ch01_peft import Recipe, check_targets
-from utils.checks import check_int, check_number
+from utils.ch01_peft import Recipe, check_recipe
+from utils.checks import check_int
 
 
 # 01-peft-setup/02_prompt_tuning.ipynb
@@ -53,21 +53,17 @@ def prefix_tuning_recipe(num_virtual_tokens=20, prefix_projection=False, encoder
     """Prefix Tuning: a trained key and value for each virtual token in every layer, fed through the KV cache.
     prefix_projection=False trains them directly (P-Tuning v2's deep prompts); True makes an MLP of width
     `encoder_hidden_size` produce them from smaller embeddings (Li and Liang's reparameterisation)."""
-    check_int("num_virtual_tokens", num_virtual_tokens, minimum=1)
-    if prefix_projection:
-        check_int("encoder_hidden_size", encoder_hidden_size, minimum=1)
+    check_recipe(num_virtual_tokens=num_virtual_tokens, prefix_projection=prefix_projection,
+                 encoder_hidden_size=encoder_hidden_size)
     config = peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=num_virtual_tokens,
-                                     prefix_projection=bool(prefix_projection), encoder_hidden_size=encoder_hidden_size)
+                                     prefix_projection=prefix_projection, encoder_hidden_size=encoder_hidden_size)
     return Recipe(config, learning_rate=3e-2 if not prefix_projection else 1e-2)  # free vectors vs an MLP's weights
 
 
 # 01-peft-setup/05_lora.ipynb
 def lora_recipe(model_id, r=8, lora_alpha=16, lora_dropout=0.05, target_modules=("query_key_value",)):
     """LoRA: a rank-`r` update B @ A, scaled by lora_alpha / r, added to each target layer's frozen weight."""
-    check_int("r", r, minimum=1)
-    check_number("lora_alpha", lora_alpha, above=0)
-    check_number("lora_dropout", lora_dropout, minimum=0, below=1)
-    check_targets("lora_recipe", model_id, target_modules, rank=r)
+    check_recipe(model_id, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules)
     config = peft.LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                              target_modules=list(target_modules))
     return Recipe(config, learning_rate=3e-3)  # B starts at zero: the update grows from nothing
@@ -78,7 +74,7 @@ def ia3_recipe(model_id, target_modules=("query_key_value", "dense_4h_to_h"), fe
     """IA3: a learned vector per target layer that rescales its output (attention's keys and values; on BLOOM's fused
     query_key_value, the queries too) or, for the feed-forward modules, its input (the activations after the GELU);
     initialised to ones, so training starts from the base."""
-    check_targets("ia3_recipe", model_id, target_modules)
+    check_recipe(model_id, target_modules=target_modules, feedforward_modules=feedforward_modules)
     stray = [name for name in feedforward_modules if name not in target_modules]
     if stray:
         raise ValueError(f"ia3_recipe: feedforward_modules {stray} are not in target_modules {list(target_modules)}; "
@@ -97,17 +93,15 @@ def adalora_recipe(model_id, total_step=None, init_r=12, target_r=4, lora_alpha=
     if total_step is None:
         raise ValueError("adalora_recipe: total_step is missing; give the number of optimizer steps you will "
                          "train (AdaLoRA schedules its rank budget over them)")
-    for name, value in {"total_step": total_step, "init_r": init_r, "target_r": target_r, "deltaT": deltaT}.items():
-        check_int(name, value, minimum=1)
+    check_recipe(model_id, total_step=total_step, init_r=init_r, target_r=target_r, lora_alpha=lora_alpha,
+                 deltaT=deltaT, target_modules=target_modules)
     if target_r > init_r:
         raise ValueError(f"adalora_recipe: target_r={target_r} is above init_r={init_r}; the budget only shrinks")
-    check_number("lora_alpha", lora_alpha, above=0)
     tinit = total_step // 10 if tinit is None else tinit
     tfinal = total_step // 5 if tfinal is None else tfinal
     if tinit < 0 or tfinal < 0 or tinit + tfinal >= total_step:
         raise ValueError(f"adalora_recipe: tinit={tinit} + tfinal={tfinal} leave no steps of total_step="
                          f"{total_step} to re-allocate ranks in; lower them or train longer")
-    check_targets("adalora_recipe", model_id, target_modules, rank=init_r)
     config = peft.AdaLoraConfig(task_type="CAUSAL_LM", init_r=init_r, target_r=target_r, lora_alpha=lora_alpha,
                                 target_modules=list(target_modules), total_step=total_step, tinit=tinit,
                                 tfinal=tfinal, deltaT=deltaT)
@@ -117,10 +111,7 @@ def adalora_recipe(model_id, total_step=None, init_r=12, target_r=4, lora_alpha=
 # 01-peft-setup/08_dora.ipynb
 def dora_recipe(model_id, r=8, lora_alpha=16, lora_dropout=0.05, target_modules=("query_key_value",)):
     """DoRA: LoRA's update B @ A on each target weight, every output row then rescaled to a trained length m."""
-    check_int("r", r, minimum=1)
-    check_number("lora_alpha", lora_alpha, above=0)
-    check_number("lora_dropout", lora_dropout, minimum=0, below=1)
-    check_targets("dora_recipe", model_id, target_modules, rank=r)
+    check_recipe(model_id, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules)
     config = peft.LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                              target_modules=list(target_modules), use_dora=True)
     return Recipe(config, learning_rate=3e-3)  # LoRA's rate: B starts at zero, m at W0's row lengths
@@ -129,10 +120,7 @@ def dora_recipe(model_id, r=8, lora_alpha=16, lora_dropout=0.05, target_modules=
 # 01-peft-setup/09_lora_variants.ipynb
 def rslora_recipe(model_id, r=32, lora_alpha=16, lora_dropout=0.05, target_modules=("query_key_value",)):
     """rsLoRA: LoRA at a higher rank, its update B @ A scaled by lora_alpha / sqrt(r) instead of lora_alpha / r."""
-    check_int("r", r, minimum=1)
-    check_number("lora_alpha", lora_alpha, above=0)
-    check_number("lora_dropout", lora_dropout, minimum=0, below=1)
-    check_targets("rslora_recipe", model_id, target_modules, rank=r)
+    check_recipe(model_id, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules)
     config = peft.LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                              target_modules=list(target_modules), use_rslora=True)
     return Recipe(config, learning_rate=3e-3)  # scale 16 / sqrt(32) = 2.83, near LoRA's 2: LoRA's rate carries over
@@ -141,9 +129,7 @@ def rslora_recipe(model_id, r=32, lora_alpha=16, lora_dropout=0.05, target_modul
 def pissa_recipe(model_id, r=8, lora_alpha=16, target_modules=("query_key_value",)):
     """PiSSA: LoRA whose A and B start from W0's r principal singular values and vectors; the frozen weight keeps
     the residual, so the model is unchanged at step 0."""
-    check_int("r", r, minimum=1)
-    check_number("lora_alpha", lora_alpha, above=0)
-    check_targets("pissa_recipe", model_id, target_modules, rank=r)
+    check_recipe(model_id, r=r, lora_alpha=lora_alpha, target_modules=target_modules)
     config = peft.LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=lora_alpha, lora_dropout=0.0,
                              target_modules=list(target_modules), init_lora_weights="pissa")
     return Recipe(config, learning_rate=3e-3)  # LoRA's: the paper changes the initialisation alone
@@ -152,11 +138,8 @@ def pissa_recipe(model_id, r=8, lora_alpha=16, target_modules=("query_key_value"
 def loraplus_recipe(model_id, r=8, lora_alpha=16, lora_dropout=0.05, target_modules=("query_key_value",),
                     loraplus_lr_ratio=16):
     """LoRA+: LoRA's adapter, every B trained at loraplus_lr_ratio times A's learning rate."""
-    check_int("r", r, minimum=1)
-    check_number("lora_alpha", lora_alpha, above=0)
-    check_number("lora_dropout", lora_dropout, minimum=0, below=1)
-    check_number("loraplus_lr_ratio", loraplus_lr_ratio, minimum=1)
-    check_targets("loraplus_recipe", model_id, target_modules, rank=r)
+    check_recipe(model_id, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules,
+                 loraplus_lr_ratio=loraplus_lr_ratio)
     config = peft.LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                              target_modules=list(target_modules))
     return Recipe(config, learning_rate=1.5e-3, loraplus_lr_ratio=loraplus_lr_ratio)  # A at half LoRA's rate
