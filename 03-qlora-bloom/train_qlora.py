@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
 import math
 import os
 import re
@@ -149,10 +148,6 @@ def recording_trainer_class():
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    # bitsandbytes looks for optional CPU kernels on the Hub when it is imported and logs that it could not fetch them
-    # (offline); its own kernels run all the same: that one message is dropped, by its words.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
-        lambda record: not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward from kernels-community"))
     from utils.ch03_qlora import adapters_to_fp32, load_prompt_dataset, require_4bit_support
 
     # The data first: a bad --data file fails here, in a second, not after minutes of loading the 4-bit model.

@@ -10,6 +10,7 @@ import nbformat
 import pytest
 
 from tools import nbtools
+from utils.ch01_methods import METHODS
 from utils.paths import ROOT
 
 NOTEBOOKS = nbtools.notebooks()
@@ -123,3 +124,30 @@ def test_every_chapter_has_a_readme() -> None:
     chapters = ["01-peft-setup", "02-lora-gptj", "03-qlora-bloom", "04-instruction-gpt2", "05-lr-schedules"]
     for chapter in chapters:
         assert (ROOT / chapter / "README.md").is_file(), chapter
+
+
+# The technique notebooks (issue 22): chapter 01's from its registry, the others named. Each draws its mechanism.
+TECHNIQUE_NOTEBOOKS = sorted({f"01-peft-setup/{m.notebook}" for m in METHODS.values()} | {
+    "02-lora-gptj/01_lora_gptj_squad.ipynb",  # LoRA on GPT-J's attention
+    "03-qlora-bloom/01_quantization_basics.ipynb",  # NF4
+    "03-qlora-bloom/03_qlora_bloom_sfttrainer.ipynb",  # QLoRA
+    "03-qlora-bloom/04_merge_adapter.ipynb",  # merging
+    "04-instruction-gpt2/01_instruction_finetuning.ipynb",  # the padded and masked batch
+    "04-instruction-gpt2/02_lora_from_scratch.ipynb",  # LoRA from scratch
+})
+
+
+@pytest.mark.parametrize("name", TECHNIQUE_NOTEBOOKS)
+def test_each_technique_notebook_draws_its_mechanism(name: str) -> None:
+    """A cell tagged `diagram` that plots (matplotlib, or a drawing function the notebook defines), after a markdown
+    cell saying what it shows."""
+    cells = nbformat.read(str(ROOT / name), as_version=4).cells
+    draws = re.compile(r"\bplt\.|\bax\.|\baxes\b|matplotlib")
+    drawing = {d for c in cells if c.cell_type == "code" and draws.search(c.source)
+               for d in re.findall(r"^def (\w+)", c.source, re.MULTILINE)}
+    drawn = [i for i, c in enumerate(cells) if c.cell_type == "code" and "diagram" in c.metadata.get("tags", [])]
+    assert drawn, f"{name}: no code cell tagged 'diagram'"
+    for i in drawn:
+        calls = set(re.findall(r"\b(\w+)\(", cells[i].source))
+        assert draws.search(cells[i].source) or calls & drawing, f"{name} cell {i}: draws nothing"
+        assert cells[i - 1].cell_type == "markdown", f"{name} cell {i}: a sentence before the diagram says what it shows"

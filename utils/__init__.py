@@ -19,6 +19,15 @@ utils/lessons/ holds the modules `make sync` generates from notebook cells marke
 cells): gpt and instruction_data (chapter 04), peft_recipes (chapter 01), quantization and memory_budget (chapter 03).
 """
 
+import logging
+
+# bitsandbytes >= 0.50 on a CPU with AVX512-BF16 logs this at import: it tries to fetch optional kernels from the Hub
+# (the `kernels` package, not installed) and falls back to its own CPU kernels, which the course uses. Harmless, and
+# nothing a learner can act on, so filtered by its exact message, here: every notebook and script imports this package
+# before peft, trl or bitsandbytes.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+    lambda record: not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward from kernels-community"))
+
 
 def key_figure(name: str, value: object) -> None:
     """Print the figure a notebook reports, in the form `make run`'s summary collects (`Key figure: name = value`)."""

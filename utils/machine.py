@@ -4,7 +4,6 @@ check that a model's memory was released."""
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 import os
 import platform
 import re
@@ -21,12 +20,6 @@ from packaging.utils import canonicalize_name
 from utils.checks import read_text
 from utils.errors import CourseArgumentError, CourseError
 from utils.paths import ROOT
-
-# bitsandbytes >= 0.50 on a CPU with AVX512-BF16 logs this at import: it tries to fetch optional kernels from the Hub
-# (the `kernels` package, not installed) and falls back to its own CPU kernels, which the course uses. Harmless, and
-# nothing a learner can act on, so filtered by its exact message.
-logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
-    lambda record: not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward from kernels-community"))
 
 # About how much GPU memory each chapter's full recipe needs (estimates: weights + LoRA state + activations with
 # gradient checkpointing at the chapters' batch sizes; the chapter READMEs break them down), for the advice below.
