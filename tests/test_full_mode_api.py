@@ -62,6 +62,14 @@ def _popped(function) -> frozenset[str]:
     return frozenset(re.findall(r"kwargs\.(?:pop|get)\(\s*[\"'](\w+)[\"']", source))
 
 
+def signature_of(callable_) -> inspect.Signature:
+    """inspect.signature, except where a method wraps an already-bound method (transformers' Auto classes'
+    `from_config`): inspect drops the bound argument twice there and reports `(**kwargs)` for `(config, **kwargs)`."""
+    if inspect.ismethod(callable_) and inspect.ismethod(inner := inspect.unwrap(callable_.__func__)):
+        return inspect.signature(inner)
+    return inspect.signature(callable_)
+
+
 @functools.cache
 def accepted(callable_) -> frozenset[str] | None:
     """The keyword arguments `callable_` accepts, or None where that cannot be known (accept everything)."""
@@ -69,7 +77,7 @@ def accepted(callable_) -> frozenset[str] | None:
 
     target = callable_.__init__ if inspect.isclass(callable_) else callable_
     try:
-        signature = inspect.signature(callable_)
+        signature = signature_of(callable_)
     except (TypeError, ValueError):
         return None
     names = {p.name for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD}
@@ -88,6 +96,8 @@ def accepted(callable_) -> frozenset[str] | None:
         # what the loading stack reads from **kwargs, plus config attributes it forwards (use_cache=..., ...)
         names |= _popped(PreTrainedModel.from_pretrained) | _popped(target) | set(PretrainedConfig().to_dict())
         return frozenset(names)
+    if name == "from_config":  # the Auto classes hand **kwargs to the model class's _from_config
+        return frozenset(names | _popped(target) | _popped(PreTrainedModel._from_config))
     if name == "generate":
         return frozenset(names | set(GenerationConfig().to_dict()) | {"input_ids", "attention_mask", "inputs"})
     popped = _popped(target)
@@ -192,7 +202,7 @@ def check_method_call(owner: type, method: str, positional: int, keywords: set[s
         return f"{owner.__name__} has no {method}()"
     function = getattr(owner, method)
     try:
-        signature = inspect.signature(function)
+        signature = signature_of(function)
     except (TypeError, ValueError):
         return None
     named = {p.name for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD}
@@ -375,3 +385,13 @@ def test_the_checker_catches_a_wrong_method_call(tmp_path) -> None:
     assert "missing a required argument" in problems["model.save_pretrained"]
     assert problems["trainer.model.save_pretrained"] is None
     assert "quantization_confg" in problems["AutoPeftModelForCausalLM.from_pretrained"]
+
+
+def test_an_auto_class_from_config_takes_its_config_positionally() -> None:
+    """transformers wraps the Auto classes' from_config around a bound method; the checker still reads (config, **kw)."""
+    from transformers import AutoModelForCausalLM
+
+    assert check_method_call(AutoModelForCausalLM, "from_config", 1, {"dtype"}) is None
+    assert "torch_dtyp=" in check_method_call(AutoModelForCausalLM, "from_config", 1, {"torch_dtyp"})
+    assert "too many positional" in check_method_call(AutoModelForCausalLM, "from_config", 2, set())
+    assert "missing a required argument" in check_method_call(AutoModelForCausalLM, "from_config", 0, set())
