@@ -154,3 +154,17 @@ def full_mode_values(path) -> dict:
 def test_the_comparison_comes_after_every_method_notebook():
     assert max(m.notebook for m in METHODS.values()) < "10_peft_methods_compared.ipynb"
     assert (CHAPTER / "10_peft_methods_compared.ipynb").is_file()
+
+
+def test_times_json_lists_only_notebooks_the_course_has(tmp_path, monkeypatch):
+    """Recording drops rows of renamed or removed notebooks, and the committed table has none."""
+    for section in times.load().values():
+        for row in section["rows"]:
+            assert (times.ROOT / row["notebook"]).is_file(), f"docs/times.json: {row['notebook']} does not exist"
+    monkeypatch.setattr(times, "DATA", tmp_path / "times.json")
+    monkeypatch.setattr(times, "TABLE", tmp_path / "TIMES.md")
+    times.DATA.write_text('{"smoke": {"meta": {}, "rows": [{"notebook": "01-peft-setup/gone.ipynb", "seconds": 1}, '
+                          '{"notebook": "01-peft-setup/05_lora.ipynb", "seconds": 2}]}}')
+    times.record("smoke", [{"notebook": "01-peft-setup/06_ia3.ipynb", "status": "ok", "seconds": 3}], {})
+    assert [r["notebook"] for r in times.load()["smoke"]["rows"]] == ["01-peft-setup/05_lora.ipynb",
+                                                                      "01-peft-setup/06_ia3.ipynb"]

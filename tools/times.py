@@ -84,7 +84,8 @@ def load() -> dict:
 def record(section: str, rows: list[dict], meta: dict) -> None:
     """Merge `rows` (one per notebook) into docs/times.json's `section` and rewrite docs/TIMES.md."""
     data = load()
-    old = {r["notebook"]: r for r in data.get(section, {}).get("rows", [])}
+    # rows of notebooks that were renamed or removed go: the table lists what the course has
+    old = {r["notebook"]: r for r in data.get(section, {}).get("rows", []) if (ROOT / r["notebook"]).is_file()}
     old.update({r["notebook"]: r for r in rows})
     data[section] = {"meta": {**data.get(section, {}).get("meta", {}), **meta}, "rows": sorted(old.values(),
                                                                                            key=lambda r: r["notebook"])}
