@@ -142,3 +142,27 @@ def test_a_real_width_checkpoint_is_saved_as_the_hub_stores_it(tmp_path, monkeyp
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float16)
     assert model.transformer.wte.weight.shape == (50257, 768)
     assert real_width.real_width_checkpoint("gpt2-bin") == folder  # built once
+
+
+def test_a_partial_run_updates_its_rows_and_keeps_the_whole_runs_date_and_total(tmp_path, monkeypatch):
+    """`full_check NOTEBOOK` rewrites that notebook's row and says so; the date and total stay the whole run's."""
+    from types import SimpleNamespace
+
+    from tools import times
+
+    monkeypatch.setattr(times, "DATA", tmp_path / "times.json")
+    monkeypatch.setattr(times, "TABLE", tmp_path / "TIMES.md")
+    times.DATA.write_text(json.dumps({"full_check": {"meta": {"date": "2026-01-01", "total_seconds": 700,
+                                                             "source": "all 20 runs in one make full-check"},
+                                                    "rows": []}}))
+    monkeypatch.setattr(full_check.os, "environ", dict(full_check.os.environ))  # main() closes the network in it
+    monkeypatch.setattr(full_check, "hub_ids", dict)
+    monkeypatch.setattr(full_check, "memory_notes", lambda notebook: [])
+    monkeypatch.setattr(full_check, "execute", lambda path, *a, **k: SimpleNamespace(
+        notebook=str(path.relative_to(full_check.ROOT)), status="ok", seconds=1.0))
+    path = notebooks()[0]
+    assert full_check.main([str(path), "--threads", "1"]) == 0
+    data = times.load()["full_check"]
+    assert data["meta"]["date"] == "2026-01-01" and data["meta"]["total_seconds"] == 700
+    assert data["meta"]["source"].startswith("1 row(s) rerun on ")
+    assert [r["notebook"] for r in data["rows"]] == [str(path.relative_to(full_check.ROOT))]

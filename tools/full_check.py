@@ -198,10 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_record:
         from tools import times
 
-        meta = {"date": datetime.date.today().isoformat(), "threads": args.threads,
-                "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-        if not args.paths:  # the total is a whole run's; a partial run updates its own rows only
-            meta["total_seconds"] = round(total)
+        today = datetime.date.today().isoformat()
+        if args.paths:  # a partial run updates its own rows; the date and total stay the last whole run's
+            meta = {"source": f"{len(results)} row(s) rerun on {today} with OMP_NUM_THREADS={args.threads}"}
+        else:
+            meta = {"date": today, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
+                    "cores": os.cpu_count(), "total_seconds": round(total),
+                    "source": f"all {len(results)} runs in one make full-check"}
         times.record("full_check", results, meta)
     return 1 if failed else 0
 

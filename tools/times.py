@@ -131,8 +131,8 @@ def write_table(data: dict | None = None) -> str:
         f"**Smoke mode**: `make test` (nbmake, `OMP_NUM_THREADS=1`), {sm.get('source', 'not recorded')}.",
         "",
         f"**Full mode at real widths**: `make full-check` on {fm.get('date', '?')}, {fm.get('cores', '?')} cores "
-        f"({fm.get('cpu', '?')}), OMP_NUM_THREADS={fm.get('threads', '?')}, on a CPU shared with other jobs; "
-        f"{fm.get('total_seconds', '?')} s in all. Each notebook ran its full-mode code on checkpoints built from "
+        f"({fm.get('cpu', '?')}), OMP_NUM_THREADS={fm.get('threads', '?')}"
+        + (f", {fm['source']}" if fm.get("source") else "") + f"; {fm.get('total_seconds', '?')} s in all. Each notebook ran its full-mode code on checkpoints built from "
         "the real configs with one or two blocks and random weights (tools/real_width.py), the fixtures for data, "
         "and fewer steps (docs/times.json lists each run's changed parameters). Peak RSS is the notebook kernel's "
         "resident memory, sampled every 50 ms.",
