@@ -164,5 +164,7 @@ def test_a_partial_run_updates_its_rows_and_keeps_the_whole_runs_date_and_total(
     assert full_check.main([str(path), "--threads", "1"]) == 0
     data = times.load()["full_check"]
     assert data["meta"]["date"] == "2026-01-01" and data["meta"]["total_seconds"] == 700
-    assert data["meta"]["source"].startswith("1 row(s) rerun on ")
+    assert data["meta"]["source"] == "all 20 runs in one make full-check"
+    assert data["meta"]["rerun"].startswith("1 row(s) rerun on ")
+    assert "all 20 runs in one make full-check, 1 row(s) rerun on " in times.TABLE.read_text()
     assert [r["notebook"] for r in data["rows"]] == [str(path.relative_to(full_check.ROOT))]

@@ -132,7 +132,8 @@ def write_table(data: dict | None = None) -> str:
         "",
         f"**Full mode at real widths**: `make full-check` on {fm.get('date', '?')}, {fm.get('cores', '?')} cores "
         f"({fm.get('cpu', '?')}), OMP_NUM_THREADS={fm.get('threads', '?')}"
-        + (f", {fm['source']}" if fm.get("source") else "") + f"; {fm.get('total_seconds', '?')} s in all. Each notebook ran its full-mode code on checkpoints built from "
+        + "".join(f", {fm[key]}" for key in ("source", "rerun") if fm.get(key))
+        + f"; {fm.get('total_seconds', '?')} s in all. Each notebook ran its full-mode code on checkpoints built from "
         "the real configs with one or two blocks and random weights (tools/real_width.py), the fixtures for data, "
         "and fewer steps (docs/times.json lists each run's changed parameters). Peak RSS is the notebook kernel's "
         "resident memory, sampled every 50 ms.",
