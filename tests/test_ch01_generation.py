@@ -12,9 +12,10 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from utils.ch01_methods import METHODS, make_recipe
-from utils.ch01_peft import collate, load_reviews, train
+from utils.ch01_peft import load_reviews
 from utils.errors import CourseArgumentError
 from utils.generation import generate_text
+from utils.lessons.peft_task import collate, train
 from utils.smoke import fixture_path, tiny_checkpoint
 
 NEW_TOKENS = 3

@@ -16,16 +16,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from utils.ch01_methods import METHODS, make_recipe
 from utils.ch01_peft import (
     LABELS,
-    collate,
     count_at_real_scale,
-    held_out_loss,
     load_base,
     load_reviews,
-    make_optimizer,
-    review_batches,
     rewrites_base,
     save_and_reload,
-    train,
     trainable_parameters,
 )
 from utils.errors import CourseError
@@ -41,6 +36,7 @@ from utils.lessons.peft_recipes import (
     prompt_tuning_recipe,
     rslora_recipe,
 )
+from utils.lessons.peft_task import collate, held_out_loss, make_optimizer, review_batches, train
 from utils.real_models import PUBLISHED_PARAMETERS, real_config
 from utils.smoke import fixture_path, tiny_checkpoint
 

@@ -10,13 +10,14 @@
 - real_models: the real models' published configs, for real-scale counts on the meta device
 - resume: checkpoints that resume a hand-written training loop exactly
 - generation: text from a Hugging Face model, where generating is a tool, not the lesson
-- ch01_peft, ch01_methods: chapter 01's task, loop and checks, and its registry of methods
+- ch01_peft, ch01_methods: chapter 01's reviews, checks, saving and counts, and its registry of methods
 - ch02_squad: chapter 02's SQuAD file, record and argument checks
 - ch03_qlora: chapter 03's prompt data, 4-bit checks, and trl and bitsandbytes workarounds
 - ch04_gpt2: chapter 04's checkpoints, tokenizer, instruction data, and the LLM judge's checks and errors
 
 utils/lessons/ holds the modules `make sync` generates from notebook cells marked `#| export <module>` (edit the
-cells): gpt and instruction_data (chapter 04), peft_recipes (chapter 01), quantization and memory_budget (chapter 03).
+cells): gpt and instruction_data (chapter 04), peft_recipes and peft_task (chapter 01), quantization and memory_budget
+(chapter 03).
 """
 
 import logging

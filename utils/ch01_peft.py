@@ -1,7 +1,7 @@
-"""Chapter 01's plumbing, the same for every PEFT method: the `Recipe` a recipe returns and its target check; the
-task (Rotten Tomatoes reviews as prompt and label word, batched); a training loop, held-out loss and accuracy; saving
-and reloading an adapter; counts at real scale. Each method is written out in its notebook and registered in
-utils/ch01_methods.py (which imports this module, never the other way round)."""
+"""Chapter 01's plumbing, the same for every PEFT method: the `Recipe` a recipe returns and its checks; the reviews,
+read and checked; the base model; saving and reloading an adapter; counts at real scale. The batching, the loop and
+the measures are taught in 01_peft_overview.ipynb (utils/lessons/peft_task.py); each method is written out in its
+notebook and registered in utils/ch01_methods.py (which imports this module, never the other way round)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,14 @@ import copy
 import random
 import re
 import sys
-import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
 import peft
 import torch
-import torch.nn.functional as F
-from peft.optimizers import create_loraplus_optimizer
-from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, DataCollatorForSeq2Seq, set_seed
+from transformers import AutoConfig, AutoModelForCausalLM, set_seed
 
 from utils.checks import (
     check_field,
@@ -136,31 +132,6 @@ def load_reviews(source: str | Path, split: str = "train", limit: int | None = N
     return pairs[:limit]
 
 
-def collate(pairs: list[tuple[str, str]], tokenizer) -> dict:
-    """(prompt, completion) pairs as a right-padded batch whose labels are the completion and end of text only: the
-    prompt and the padding get -100, which the loss ignores (transformers' DataCollatorForSeq2Seq pads them)."""
-    features = []
-    for prompt, completion in pairs:
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        completion_ids = tokenizer(completion)["input_ids"] + [tokenizer.eos_token_id]
-        features.append({"input_ids": prompt_ids + completion_ids, "labels": [-100] * len(prompt_ids) + completion_ids})
-    side, tokenizer.padding_side = tokenizer.padding_side, "right"  # the collator pads on the tokenizer's side
-    try:
-        return dict(DataCollatorForSeq2Seq(tokenizer, return_tensors="pt")(features))
-    finally:
-        tokenizer.padding_side = side
-
-
-def review_batches(pairs: list[tuple[str, str]], tokenizer, batch_size: int, seed: int = 0) -> Iterator[dict]:
-    """An endless stream of shuffled batches (a new order each epoch; the same stream for the same seed)."""
-    check_int("batch_size", batch_size, minimum=1, maximum=len(pairs), hint=f"there are {len(pairs)} reviews")
-    rng = random.Random(seed)
-    while True:
-        order = rng.sample(pairs, len(pairs))
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            yield collate(order[i:i + batch_size], tokenizer)
-
-
 REAL_MODELS = ("bigscience/bloomz-560m", "bigscience/bloom-7b1")
 
 
@@ -171,79 +142,6 @@ def trainable_parameters(model) -> list:
         if ".ranknum." in name:
             param.requires_grad_(False)
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def make_optimizer(model, lr: float, loraplus_lr_ratio: float | None = None) -> torch.optim.Optimizer:
-    """AdamW (torch's defaults, weight decay 0.01) on the trainable parameters at `lr`; with `loraplus_lr_ratio`,
-    peft's LoRA+ optimizer: the same AdamW, with every `lora_B` (and any 1-d adapter vector) at `lr` x the ratio."""
-    check_number("lr", lr, above=0)
-    check_number("loraplus_lr_ratio", loraplus_lr_ratio, minimum=1, optional=True, hint="B's rate over A's")
-    params = trainable_parameters(model)
-    if not params:
-        raise CourseError("the model has no trainable parameters: wrap it with get_peft_model first")
-    if loraplus_lr_ratio is None:
-        return torch.optim.AdamW(params, lr=lr)
-    return create_loraplus_optimizer(model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=loraplus_lr_ratio,
-                                     loraplus_weight_decay=0.01)  # AdamW's default, as for every other method
-
-
-def train(model, batches: Iterator[dict], steps: int, lr: float,
-          after_step: Callable[[int], None] | None = None, desc: str = "training",
-          loraplus_lr_ratio: float | None = None) -> tuple[list[float], list[float]]:
-    """AdamW on the trainable parameters for `steps` batches (LoRA+'s grouped rates with `loraplus_lr_ratio`: see
-    `make_optimizer`); returns each step's loss and seconds. `after_step(step)` runs before the gradients are cleared
-    (AdaLoRA's `update_and_allocate` needs them). Leaves the model in eval mode."""
-    check_int("steps", steps, minimum=1)
-    check_number("lr", lr, above=0)
-    check_number("loraplus_lr_ratio", loraplus_lr_ratio, minimum=1, optional=True, hint="B's rate over A's")
-    optimizer = make_optimizer(model, lr, loraplus_lr_ratio)
-    device = next(p for group in optimizer.param_groups for p in group["params"]).device
-    model.train()
-    losses, seconds = [], []
-    for step in tqdm(range(steps), desc=desc):
-        start = time.perf_counter()
-        loss = model(**{k: v.to(device) for k, v in next(batches).items()}).loss
-        loss.backward()
-        optimizer.step()
-        if after_step is not None:
-            after_step(step)
-        optimizer.zero_grad()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        losses.append(loss.item())
-        seconds.append(time.perf_counter() - start)
-    model.eval()
-    return losses, seconds
-
-
-@torch.no_grad()
-def held_out_loss(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 8) -> float:
-    """Mean cross-entropy of the completions of `pairs`, in eval mode, from the logits: AdaLoRA's `model(...).loss`
-    includes its orthogonality penalty."""
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(pairs), batch_size):
-        batch = {k: v.to(model.device) for k, v in collate(pairs[i:i + batch_size], tokenizer).items()}
-        labels = batch.pop("labels")
-        logits = model(**batch).logits[:, -labels.shape[1]:]  # prompt-style methods put virtual tokens first
-        total += F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), reduction="sum").item()
-        count += int((labels[:, 1:] != -100).sum())
-    return total / count
-
-
-@torch.no_grad()
-def label_accuracy(model, tokenizer, pairs: list[tuple[str, str]]) -> float:
-    """Share of `pairs` whose right label's first token scores higher than the other label's, after the prompt."""
-    label_ids = [tokenizer(" " + label)["input_ids"][0] for label in LABELS]
-    if len(set(label_ids)) != len(LABELS):
-        raise CourseError(f"the labels {LABELS} start with the same token for this tokenizer: accuracy cannot tell "
-                          f"them apart")
-    model.eval()
-    correct = 0
-    for prompt, completion in pairs:
-        scores = model(**tokenizer(prompt, return_tensors="pt").to(model.device)).logits[0, -1, label_ids]
-        correct += LABELS[int(scores.argmax())] == completion.strip()
-    return correct / len(pairs)
 
 
 def load_base(model_id: str, device=None, seed: int = 0):
