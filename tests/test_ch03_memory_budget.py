@@ -252,11 +252,12 @@ def _recipe_budget(bloom7b, b=4, s=256, checkpointing=True, loss="fused"):
 
 def test_the_figures_quoted_in_prose_are_the_budgets(bloom7b):
     """Every prose figure of the budget is the computed one: the chapter README's table, the course README's and the
-    QLoRA notebook's 8.3 GiB, the budget notebook's figures, utils/machine.py's RECIPE_GPU_GB comment."""
+    QLoRA notebook's 8.3 GiB, the budget notebook's figures, the environment check's RECIPE_GPU_GB comment."""
     import re
 
     import nbformat
 
+    from tools import nbexport
     from utils.paths import ROOT
 
     columns = [_recipe_budget(bloom7b), _recipe_budget(bloom7b, checkpointing=False), _recipe_budget(bloom7b, 1, 512),
@@ -296,10 +297,12 @@ def test_the_figures_quoted_in_prose_are_the_budgets(bloom7b):
     assert 3.5 < logits / columns[0].terms["activations"] < 4
     assert (f"would add {(columns[3].total - columns[0].total) / GIB:.1f} GiB to the recipe, "
             f"{columns[3].total / GIB:.1f} GiB in all") in lesson
-    env = (ROOT / "utils" / "machine.py").read_text()
-    assert re.search(rf'"03 bloom-7b1 4-bit QLoRA": 9,  # {re.escape(recipe)} predicted by '
-                     r'03-qlora-bloom/02_memory_budget\.ipynb', env)
-    assert 9 > columns[0].total / GIB  # ... and RECIPE_GPU_GB's 9 GB holds it
+    check = nbexport.load("01-peft-setup/00_environment_check.ipynb")
+    need = check.RECIPE_GPU_GB["03 bloom-7b1 4-bit QLoRA"]
+    source = "".join(cell.source for cell in nbformat.read(check.__file__, as_version=4).cells)
+    assert re.search(rf'"03 bloom-7b1 4-bit QLoRA": {need},  # {re.escape(recipe)} predicted by '
+                     r'03-qlora-bloom/02_memory_budget\.ipynb', source)
+    assert need > columns[0].total / GIB  # ... and the environment check's estimate holds it
 
 
 def test_the_residual_stream_is_fp32_after_prepare_at_fp16_compute():

@@ -9,7 +9,10 @@ import warnings
 import pytest
 import torch
 
+from tools import nbexport
 from utils import machine
+
+ENVIRONMENT_CHECK = "01-peft-setup/00_environment_check.ipynb"
 
 
 @pytest.mark.parametrize(
@@ -66,6 +69,30 @@ def test_environment_summary_names_what_a_learner_needs() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no mismatch here, so no warning
         machine.print_environment()
+
+
+T4 = {"gpu": "Tesla T4", "compute dtype": "float16", "gpu memory (GiB)": 14.7, "bitsandbytes backend": "cuda",
+      "version mismatches": {}}
+
+
+@pytest.mark.parametrize(("summary", "says", "never"), [
+    (T4, ["Tesla T4: compute in float16", "no bf16 below compute capability 8.0", "loading will work"], ["NOT"]),
+    ({**T4, "gpu": "NVIDIA A100", "compute dtype": "bfloat16"}, ["A100: compute in bfloat16"], ["no bf16", "NOT"]),
+    ({**T4, "gpu": None, "compute dtype": "float32", "bitsandbytes backend": "cpu"}, ["No GPU", "smoke mode"], ["NOT"]),
+    ({**T4, "bitsandbytes backend": "unavailable (ImportError: x)", "version mismatches": {"peft": "installed 0.1"}},
+     ["loading will NOT work: pip install -r", "differ from the tested pins"], []),
+])
+def test_the_environment_checks_advice(summary, says, never) -> None:
+    """00_environment_check's advice, from summaries of machines this one is not (a T4, an A100, no GPU)."""
+    text = "\n".join(nbexport.load(ENVIRONMENT_CHECK).advice(summary))
+    assert all(s in text for s in says) and not any(n in text for n in never), text
+
+
+@pytest.mark.parametrize(("gpu_gib", "fits"), [(14.7, ["yes"] * 5), (8.0, ["yes", "no", "no", "yes", "yes"]),
+                                               (None, ["-"] * 5)])
+def test_which_recipes_fit_a_gpu(gpu_gib, fits) -> None:
+    table = nbexport.load(ENVIRONMENT_CHECK).recipes_that_fit(gpu_gib)
+    assert list(table["fits this GPU"]) == fits  # a T4 (14.7 GiB usable) fits every chapter's recipe
 
 
 def test_peak_memory_sees_a_large_allocation_on_cpu() -> None:

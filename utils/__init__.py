@@ -5,7 +5,7 @@
 - paths: the repository root, the fixtures, the cache, build/, and the REPO_URL learners clone
 - smoke: the smoke switch, the fixtures by name, and the tiny checkpoints (`make setup` builds them)
 - hub: Hub errors that say what to do, and cached downloads
-- machine: device and dtype, the environment summary and advice, pins, peak memory, check_released
+- machine: device and dtype, the environment summary, pins, peak memory, check_released
 - colab: what the Colab setup cell installs
 - real_models: the real models' published configs, for real-scale counts on the meta device
 - resume: checkpoints that resume a hand-written training loop exactly

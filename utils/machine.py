@@ -1,5 +1,5 @@
-"""The machine a notebook runs on: device and dtype, an environment summary with advice, pins, peak memory, and a
-check that a model's memory was released."""
+"""The machine a notebook runs on: device and dtype, an environment summary, pins, peak memory, and a check that a
+model's memory was released (00_environment_check.ipynb turns the summary into advice)."""
 
 from __future__ import annotations
 
@@ -20,16 +20,6 @@ from packaging.utils import canonicalize_name
 from utils.checks import read_text
 from utils.errors import CourseArgumentError, CourseError
 from utils.paths import ROOT
-
-# About how much GPU memory each chapter's full recipe needs (estimates: weights + LoRA state + activations with
-# gradient checkpointing at the chapters' batch sizes; the chapter READMEs break them down), for the advice below.
-RECIPE_GPU_GB = {
-    "01 six PEFT methods on bloomz-560m": 6,
-    "02 GPT-J 6B 8-bit + LoRA": 11,  # 6.9 GiB weights and optimizer state (computed) + activations (estimate)
-    "03 bloom-7b1 4-bit QLoRA": 9,  # 8.3 GiB predicted by 03-qlora-bloom/02_memory_budget.ipynb at batch 4 x 256
-    "04 gpt2-medium instruction fine-tune": 8,
-    "05 GPT-2 124M pre-training loop": 4,
-}
 
 
 def pick_device():
@@ -141,27 +131,6 @@ def print_environment() -> dict[str, object]:
     if not summary["version mismatches"]:
         print(f"{'versions':<{width}}  all pinned packages match {requirements_file().name}")
     return summary
-
-
-def advice(summary: dict[str, object]) -> list[str]:
-    """Plain advice from an environment summary: which dtype, whether 4/8-bit works, which recipes fit the GPU."""
-    gpu, memory, dtype = summary.get("gpu"), summary.get("gpu memory (GiB)"), summary.get("compute dtype")
-    if gpu is None:
-        lines = ["No GPU: run the course in smoke mode (COURSE_SMOKE=1, tiny models, minutes on a CPU); the real "
-                 "recipes need a GPU (a free Colab T4 is enough for every chapter)."]
-    else:
-        lines = [f"{gpu}: compute in {dtype}" + (" (no bf16 below compute capability 8.0, e.g. a T4: the course uses "
-                                                 "fp16 there)" if dtype == "float16" else "")]
-        lines += [f"  {recipe}: about {need} GB needed, {'fits' if memory and memory >= need else 'does NOT fit'} "
-                  f"in {memory} GiB" for recipe, need in RECIPE_GPU_GB.items()]
-    backend = str(summary.get("bitsandbytes backend"))
-    lines.append(f"bitsandbytes backend: {backend}; " + (
-        "4-bit and 8-bit loading will work." if backend in {"cuda", "cpu"} else
-        f"4-bit and 8-bit loading will NOT work: pip install -r {requirements_file().name}"))
-    if summary.get("version mismatches"):
-        lines.append(f"Some packages differ from the tested pins (warnings above): pip install -r "
-                     f"{requirements_file().name}")
-    return lines
 
 
 @dataclass
