@@ -13,6 +13,7 @@ import torch
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests.test_real_models import PUBLISHED_PARAMETERS
 from utils.ch01_methods import METHODS, make_recipe
 from utils.ch01_peft import (
     LABELS,
@@ -37,7 +38,7 @@ from utils.lessons.peft_recipes import (
     rslora_recipe,
 )
 from utils.lessons.peft_task import collate, held_out_loss, make_optimizer, review_batches, train
-from utils.real_models import PUBLISHED_PARAMETERS, real_config
+from utils.real_models import real_config
 from utils.smoke import fixture_path, tiny_checkpoint
 
 TINY = tiny_checkpoint("bloom")

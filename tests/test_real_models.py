@@ -6,7 +6,18 @@ import pytest
 from peft import LoraConfig, get_peft_model
 
 from utils.errors import CourseError
-from utils.real_models import PUBLISHED_PARAMETERS, REAL_CONFIGS, meta_model, real_config
+from utils.real_models import REAL_CONFIGS, meta_model, real_config
+
+#: Published parameter counts (the models' cards and papers), which utils.real_models' configs must reproduce.
+PUBLISHED_PARAMETERS: dict[str, int] = {
+    "EleutherAI/gpt-j-6b": 6_050_882_784,
+    "bigscience/bloom-7b1": 7_069_016_064,
+    "bigscience/bloomz-560m": 559_214_592,
+    "openai-community/gpt2": 124_439_808,
+    "openai-community/gpt2-medium": 354_823_168,
+    "openai-community/gpt2-large": 774_030_080,
+    "openai-community/gpt2-xl": 1_557_611_200,
+}
 
 # transformers documents its default GPT2Config and GPTJConfig as the configurations of openai-community/gpt2 and
 # EleutherAI/gpt-j-6B (`@auto_docstring(checkpoint=...)` in their configuration modules): a source of the published

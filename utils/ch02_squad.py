@@ -10,11 +10,10 @@ the metric) is written in the notebook.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from utils.checks import check_field, check_flag, check_fraction, check_int, load_safetensors, read_json
+from utils.checks import bad_argument, check_field, check_flag, check_fraction, check_int, load_safetensors, read_json
 from utils.errors import CourseArgumentError, CourseError
 
 
@@ -77,12 +76,6 @@ def read_squad_file(path: str | os.PathLike):
     if not questions:
         raise CourseError(f"{path} holds no questions: nothing to train or evaluate on")
     return squad
-
-
-def check_slice(n, seed) -> None:
-    """`n` records (None: all) after a shuffle with `seed`."""
-    check_int("n", n, minimum=1, optional=True)
-    check_int("seed", seed, minimum=0)
 
 
 def check_max_length(tokenizer, max_length) -> None:
@@ -152,20 +145,14 @@ def check_predictions(predictions: dict, records: list[dict]) -> None:
         raise CourseError(f"no prediction for {len(missing)} record(s), first: {missing[0]}")
 
 
-def _argument(name: str, value, expected: str, hint: str = "") -> CourseArgumentError:
-    """A CourseArgumentError naming the chapter function being called (the caller of the check_* function)."""
-    function, shown = sys._getframe(2).f_code.co_name, repr(value)
-    shown = shown if len(shown) <= 80 else shown[:77] + "..."  # a whole batch would drown the message
-    return CourseArgumentError(f"{function}(): {name} must be {expected}, got {shown}" + (f"; {hint}" if hint else ""))
-
-
 def check_load_args(source, split, n, seed) -> None:
     """load_squad's arguments: a dataset id or a file path, a split name, the slice."""
     if not isinstance(source, str | os.PathLike) or not str(source).strip():
-        raise _argument("source", source, "a Hub dataset id such as 'rajpurkar/squad_v2' or a path to a SQuAD file")
+        raise bad_argument("source", source, "a Hub dataset id such as 'rajpurkar/squad_v2' or a path to a SQuAD file")
     if not isinstance(split, str) or not split.strip():
-        raise _argument("split", split, "a split name such as 'train' or 'validation'")
-    check_slice(n, seed)
+        raise bad_argument("split", split, "a split name such as 'train' or 'validation'")
+    check_int("n", n, minimum=1, optional=True, hint="None keeps every record")
+    check_int("seed", seed, minimum=0)
 
 
 def check_encode_args(record, tokenizer, max_length, with_answer) -> None:
@@ -179,7 +166,7 @@ def check_records_args(records, tokenizer, max_length, with_answer) -> None:
     """encode_records' arguments: a list of records (not a string, not one record; skip_bad_records refuses an empty
     one), the sizes."""
     if not isinstance(records, list | tuple):
-        raise _argument("records", records, "a list of SQuAD records (dicts), not one record or a file name",
+        raise bad_argument("records", records, "a list of SQuAD records (dicts), not one record or a file name",
                         "load them with load_squad")
     check_max_length(tokenizer, max_length)
     check_flag("with_answer", with_answer)
@@ -188,12 +175,12 @@ def check_records_args(records, tokenizer, max_length, with_answer) -> None:
 def check_collate_args(batch, pad_token_id) -> None:
     """collate_squad_batch's arguments: a non-empty list of encoded examples, and a pad token id."""
     if isinstance(batch, str | dict) or not isinstance(batch, list | tuple) or not batch:
-        raise _argument("batch", batch, "a non-empty list of encoded examples (encode_example's dicts)",
+        raise bad_argument("batch", batch, "a non-empty list of encoded examples (encode_example's dicts)",
                         "an empty batch has no longest example to pad to: check the batch size and the data")
     for i, example in enumerate(batch):
         if not isinstance(example, dict) or not all(
                 isinstance(example.get(key), list | tuple) for key in ("input_ids", "labels")):
-            raise _argument(f"batch[{i}]", example, "an encoded example with lists 'input_ids' and 'labels'",
+            raise bad_argument(f"batch[{i}]", example, "an encoded example with lists 'input_ids' and 'labels'",
                             "encode the records with encode_example or encode_records first")
     check_pad_token_id(pad_token_id)
 
@@ -203,15 +190,15 @@ def check_train_args(batches, grad_accum, pad_token_id, amp_dtype) -> None:
     import torch
 
     if isinstance(batches, str | dict) or not isinstance(batches, list | tuple) or not batches:
-        raise _argument("batches", batches, "a non-empty list of batches (each a list of encoded examples)",
+        raise bad_argument("batches", batches, "a non-empty list of batches (each a list of encoded examples)",
                         "an epoch with no batches trains nothing: check the data and the batch size")
     for i, batch in enumerate(batches):
         if isinstance(batch, str | dict) or not isinstance(batch, list | tuple) or not batch:
-            raise _argument(f"batches[{i}]", batch, "a non-empty list of encoded examples")
+            raise bad_argument(f"batches[{i}]", batch, "a non-empty list of encoded examples")
     check_int("grad_accum", grad_accum, minimum=1, hint="an optimizer step every grad_accum batches")
     check_pad_token_id(pad_token_id)
     if amp_dtype not in (None, torch.float16, torch.bfloat16):
-        raise _argument("amp_dtype", amp_dtype, "torch.float16, torch.bfloat16 or None (no autocast, fp32)")
+        raise bad_argument("amp_dtype", amp_dtype, "torch.float16, torch.bfloat16 or None (no autocast, fp32)")
 
 
 def check_run_paths(resume, checkpoint: Path, adapter_dir: Path) -> None:

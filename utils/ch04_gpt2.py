@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from utils.checks import check_field, check_flag, check_fraction, check_int, check_number, read_json
-from utils.errors import CourseArgumentError, CourseError
+from utils.checks import bad_argument, check_field, check_flag, check_fraction, check_int, check_number, read_json
+from utils.errors import CourseError
 from utils.hub import download, hub_errors
 
 #: The keys of a GPTModel config (GPT_CONFIG_124M in utils/lessons/gpt.py is one).
@@ -157,7 +157,7 @@ def load_instruction_data(path_or_name: str | os.PathLike) -> list[dict]:
 def check_split_args(data, train_frac, test_frac) -> None:
     """split_data's arguments: fractions in [0, 1] summing to at most 1, and no split that is asked for left empty."""
     if not isinstance(data, list | tuple):
-        raise CourseArgumentError(f"split_data(): data must be a list of records, got a {type(data).__name__}")
+        raise bad_argument("data", data, "a list of records")
     check_fraction("train_frac", train_frac)
     check_fraction("test_frac", test_frac)
     check_fraction("train_frac + test_frac", round(train_frac + test_frac, 9), hint="validation gets the rest")
@@ -178,8 +178,7 @@ def check_dataset_args(data, mask_instructions) -> None:
 def check_collate_args(batch, pad_token_id, ignore_index, allowed_max_length) -> None:
     """custom_collate_fn's arguments: a non-empty batch of token lists (or (prompt length, tokens) pairs), int ids."""
     if not isinstance(batch, list | tuple) or not batch:
-        raise CourseArgumentError(f"custom_collate_fn(): batch must be a non-empty list of token lists, got {batch!r:.60}"
-                                  "; is the dataset empty?")
+        raise bad_argument("batch", batch, "a non-empty list of token lists", "is the dataset empty?")
     check_int("pad_token_id", pad_token_id, minimum=0, hint="GPT-2 pads with its <|endoftext|> id, 50256")
     check_int("ignore_index", ignore_index, hint="cross_entropy ignores -100 by default")
     check_int("allowed_max_length", allowed_max_length, minimum=1, optional=True)
@@ -188,8 +187,7 @@ def check_collate_args(batch, pad_token_id, ignore_index, allowed_max_length) ->
 def check_generate_args(model, idx, max_new_tokens, context_size, temperature, top_k, eos_id) -> None:
     """generate's arguments, before the first token: counts that are ints, top_k within the model's vocabulary."""
     if not isinstance(idx, torch.Tensor) or idx.ndim != 2 or idx.is_floating_point():
-        raise CourseArgumentError(f"generate(): idx must be a [batch, tokens] tensor of token ids, got {idx!r:.60}; "
-                                  "text_to_token_ids(text, tokenizer) makes one")
+        raise bad_argument("idx", idx, "a [batch, tokens] tensor of token ids", "text_to_token_ids(text, tokenizer) makes one")
     check_int("max_new_tokens", max_new_tokens, minimum=0)
     check_int("context_size", context_size, minimum=1)
     check_number("temperature", temperature, minimum=0, hint="0 for greedy decoding")

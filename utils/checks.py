@@ -1,7 +1,6 @@
 """Checks of what a learner hands the course, each failing at once with a message that says what to do: arguments
-(`check_int`, `check_number`, `check_fraction`, `check_choice`, `check_names`, `check_flag`, `check_folder`:
-a CourseArgumentError naming the
-function and the argument) and files (`read_text`, `read_json`, `read_records`, `check_field`, `load_safetensors`,
+(`check_int`, `check_number`, `check_fraction`, `check_choice`, `check_names`, `check_flag`, `check_folder`, and
+`bad_argument` for the rest: a CourseArgumentError naming the function and the argument) and files (`read_text`, `read_json`, `read_records`, `check_field`, `load_safetensors`,
 `check_tensors`: a CourseError naming the file, the line or record, and the field)."""
 
 from __future__ import annotations
@@ -29,8 +28,10 @@ def _caller() -> str:
     return getattr(frame.f_code, "co_qualname", frame.f_code.co_name) if frame else "?"
 
 
-def _bad(name: str, value, expected: str, hint: str = "") -> CourseArgumentError:
-    return CourseArgumentError(f"{_caller()}(): {name} must be {expected}, got {value!r}" + (f"; {hint}" if hint else ""))
+def bad_argument(name: str, value, expected: str, hint: str = "") -> CourseArgumentError:
+    """The error "<function>(): <name> must be <expected>, got <value>; <hint>", naming the course function called."""
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."  # a whole batch would drown it
+    return CourseArgumentError(f"{_caller()}(): {name} must be {expected}, got {shown}" + (f"; {hint}" if hint else ""))
 
 
 _BOUNDS = (("above", ">", operator.gt), ("minimum", ">=", operator.ge), ("maximum", "<=", operator.le),
@@ -44,7 +45,7 @@ def _check_range(name: str, value, kind: str, valid: bool, optional: bool, hint:
     limits = [(op, test, bounds[key]) for key, op, test in _BOUNDS if bounds.get(key) is not None]
     if not valid or not all(test(value, limit) for _, test, limit in limits):
         expected = " ".join([kind, " and ".join(f"{op} {limit}" for op, _, limit in limits)]).strip()
-        raise _bad(name, value, expected + (" (or None)" if optional else ""), hint)
+        raise bad_argument(name, value, expected + (" (or None)" if optional else ""), hint)
     return value
 
 
@@ -71,7 +72,7 @@ def check_fraction(name: str, value, hint: str = ""):
 def check_choice(name: str, value, choices: Sequence, hint: str = ""):
     """`value` unchanged if it is one of `choices` (bools are not the numbers 0 and 1 here)."""
     if isinstance(value, bool) or value not in choices:
-        raise _bad(name, value, "one of " + ", ".join(map(repr, choices)), hint)
+        raise bad_argument(name, value, "one of " + ", ".join(map(repr, choices)), hint)
     return value
 
 
@@ -79,7 +80,7 @@ def check_flag(name: str, value, hint: str = "") -> bool:
     """`value` if it is True or False: the string "False" (from a config file or a command line) is refused, not
     taken as true."""
     if not isinstance(value, bool):
-        raise _bad(name, value, "True or False", hint or ("write the bool itself, not a string" if isinstance(value, str)
+        raise bad_argument(name, value, "True or False", hint or ("write the bool itself, not a string" if isinstance(value, str)
                                                            else ""))
     return value
 
@@ -88,14 +89,14 @@ def check_folder(name: str, value, *, exists: bool = False, hint: str = "") -> P
     """`value` as a Path to a folder: never an existing file; with `exists`, a folder that is there. Checked where the
     path is taken, before any work that would be lost when writing into it fails."""
     if not isinstance(value, str | os.PathLike) or not str(value).strip():
-        raise _bad(name, value, "a folder path", hint)
+        raise bad_argument(name, value, "a folder path", hint)
     path = Path(value)
     there = next((p for p in (path, *path.parents) if p.exists()), path)  # it, or the part of it that exists
     if there.exists() and not there.is_dir():
-        raise _bad(name, value, "a folder, not an existing file" if there == path else f"a folder path, but {there} "
+        raise bad_argument(name, value, "a folder, not an existing file" if there == path else f"a folder path, but {there} "
                    "is a file", hint or "pass a folder path, or move the file away")
     if exists and not path.is_dir():
-        raise _bad(name, value, "an existing folder", hint or f"create it first (mkdir -p {path})")
+        raise bad_argument(name, value, "an existing folder", hint or f"create it first (mkdir -p {path})")
     return path
 
 
@@ -103,7 +104,7 @@ def check_names(name: str, value, hint: str = "") -> list[str]:
     """`value` as a list if it is a non-empty collection of non-empty strings (not a bare string: its letters)."""
     if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset) or not value or not all(
             isinstance(v, str) and v for v in value):
-        raise _bad(name, value, "a non-empty list of names such as [\"q_proj\", \"v_proj\"]", hint)
+        raise bad_argument(name, value, "a non-empty list of names such as [\"q_proj\", \"v_proj\"]", hint)
     return list(value)
 
 

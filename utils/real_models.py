@@ -1,6 +1,6 @@
 """The real models' published configurations, copied from their config.json on the Hub, for real-scale numbers without a
 download: parameter counts and memory budgets cost nothing on PyTorch's meta device (tests/test_real_models.py checks
-the counts against the published ones)."""
+the counts against the published ones, which it records)."""
 
 from __future__ import annotations
 
@@ -30,18 +30,6 @@ REAL_CONFIGS: dict[str, tuple[str, dict[str, object]]] = {
                                          ("gpt2-large", 1280, 36, 20), ("gpt2-xl", 1600, 48, 25)]
     },
 }
-
-#: Published parameter counts (the models' cards and papers), which the configs above must reproduce.
-PUBLISHED_PARAMETERS: dict[str, int] = {
-    "EleutherAI/gpt-j-6b": 6_050_882_784,
-    "bigscience/bloom-7b1": 7_069_016_064,
-    "bigscience/bloomz-560m": 559_214_592,
-    "openai-community/gpt2": 124_439_808,
-    "openai-community/gpt2-medium": 354_823_168,
-    "openai-community/gpt2-large": 774_030_080,
-    "openai-community/gpt2-xl": 1_557_611_200,
-}
-
 
 def real_config(model_id: str):
     """The transformers config of a real model, built from its published values (no network)."""
