@@ -9,7 +9,7 @@ import re
 import pytest
 
 from tools import nbexport, nbtools, times
-from utils.ch01_methods import METHODS, Method, Paper, make_recipe
+from utils.ch01_methods import COMPARISON, METHODS, Method, Paper, make_recipe
 from utils.ch01_peft import Recipe
 from utils.errors import CourseArgumentError
 from utils.paths import ROOT
@@ -122,10 +122,9 @@ def test_stale_readme_blocks_are_found_and_rewritten(tmp_path):
 
 def test_times_table_has_a_t4_estimate_for_every_method_notebook():
     chapter01 = {name for name in times.T4_RECIPES if name.startswith("01-peft-setup/")}
-    assert chapter01 == {f"01-peft-setup/{m.notebook}" for m in METHODS.values()} | {
-        "01-peft-setup/10_peft_methods_compared.ipynb"}
+    assert chapter01 == {f"01-peft-setup/{m.notebook}" for m in METHODS.values()} | {f"01-peft-setup/{COMPARISON}"}
     per_method = times.T4_RECIPES[f"01-peft-setup/{METHODS['lora'].notebook}"][1]
-    assert times.T4_RECIPES["01-peft-setup/10_peft_methods_compared.ipynb"][1] == len(METHODS) * per_method * 150 // 250
+    assert times.T4_RECIPES[f"01-peft-setup/{COMPARISON}"][1] == len(METHODS) * per_method * 150 // 250
     for name, steps in times.CH01_STEPS.items():  # each notebook's full-mode optimizer steps, from its cell
         assert times.T4_RECIPES[f"01-peft-setup/{name}"][1] == steps * 8 * 30
         full = full_mode_values(CHAPTER / name)
@@ -152,8 +151,9 @@ def full_mode_values(path) -> dict:
 
 
 def test_the_comparison_comes_after_every_method_notebook():
-    assert max(m.notebook for m in METHODS.values()) < "10_peft_methods_compared.ipynb"
-    assert (CHAPTER / "10_peft_methods_compared.ipynb").is_file()
+    assert max(m.notebook for m in METHODS.values()) < COMPARISON, f"number the new method's notebook before {COMPARISON}"
+    assert (CHAPTER / COMPARISON).is_file()
+    assert max(p.name for p in CHAPTER.glob("[0-9][0-9]_*.ipynb")) == COMPARISON, "the comparison is the last notebook"
 
 
 def test_times_json_lists_only_notebooks_the_course_has(tmp_path, monkeypatch):

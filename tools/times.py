@@ -16,7 +16,7 @@ import re
 import sys
 from pathlib import Path
 
-from utils.ch01_methods import METHODS
+from utils.ch01_methods import COMPARISON, METHODS
 from utils.paths import ROOT
 
 DATA = ROOT / "docs" / "times.json"
@@ -33,9 +33,9 @@ T4_BANDWIDTH = 320e9  # bytes/s: generation reads every weight once per new toke
 #: SWEEP_STEPS = 20 each; the comparison trains every method for STEPS = 150.
 CH01_STEPS: dict[str, int] = {
     **{method.notebook: 250 for method in METHODS.values()},
-    "08_dora.ipynb": 250 + 2 * (30 + 1),
-    "09_lora_variants.ipynb": 3 * 250 + 5 * 2 * 20,
-    "10_peft_methods_compared.ipynb": len(METHODS) * 150,
+    METHODS["dora"].notebook: 250 + 2 * (30 + 1),
+    METHODS["pissa"].notebook: 3 * 250 + 5 * 2 * 20,
+    COMPARISON: len(METHODS) * 150,
 }
 
 #: notebook -> (model parameters N, training tokens, generated tokens, bytes read per generated token[, tokens a

@@ -40,6 +40,11 @@ class Method:
     trains: str
 
 
+#: The chapter's last notebook, which trains every method below side by side (the times table and the tests read this
+#: name). A new method's notebook is numbered before it, in teaching order, so adding one renames it: `git mv`, this
+#: line, and the chapter README's file table (tests/test_ch01_registry.py checks the order).
+COMPARISON = "10_peft_methods_compared.ipynb"
+
 #: The chapter's methods, in teaching order.
 METHODS: dict[str, Method] = {method.key: method for method in (
     Method("prompt_tuning", "Prompt Tuning", "02_prompt_tuning.ipynb", peft_recipes.prompt_tuning_recipe,
