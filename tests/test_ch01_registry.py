@@ -168,3 +168,9 @@ def test_times_json_lists_only_notebooks_the_course_has(tmp_path, monkeypatch):
     times.record("smoke", [{"notebook": "01-peft-setup/06_ia3.ipynb", "status": "ok", "seconds": 3}], {})
     assert [r["notebook"] for r in times.load()["smoke"]["rows"]] == ["01-peft-setup/05_lora.ipynb",
                                                                       "01-peft-setup/06_ia3.ipynb"]
+    times.DATA.write_text('{"smoke": {"meta": {"source": "a run"}, "rows": [{"notebook": "01-peft-setup/gone.ipynb", '
+                          '"seconds": 1}, {"notebook": "01-peft-setup/05_lora.ipynb", "seconds": 2}]}}')
+    assert times.main([]) == 0  # `python -m tools.times` after a rename: the table, without the old name's row
+    assert times.load()["smoke"] == {"meta": {"source": "a run"},
+                                     "rows": [{"notebook": "01-peft-setup/05_lora.ipynb", "seconds": 2}]}
+    assert "gone.ipynb" not in times.TABLE.read_text()

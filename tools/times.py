@@ -167,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no notebook durations in {argv[1]} (run make test, which passes --durations)", file=sys.stderr)
             return 1
         record("smoke", rows, {"source": " ".join(argv[2:]) or f"from {Path(argv[1]).name}"})
-    else:
+    else:  # re-render; rows of renamed or removed notebooks go (record drops them)
+        for section in load():
+            record(section, [], {})
         write_table()
     print(TABLE.read_text())
     return 0
