@@ -17,11 +17,9 @@ from tests.test_real_models import PUBLISHED_PARAMETERS
 from utils.ch01_methods import METHODS, make_recipe
 from utils.ch01_peft import (
     LABELS,
-    count_at_real_scale,
     load_base,
     load_reviews,
     rewrites_base,
-    save_and_reload,
     trainable_parameters,
 )
 from utils.errors import CourseError
@@ -37,7 +35,15 @@ from utils.lessons.peft_recipes import (
     prompt_tuning_recipe,
     rslora_recipe,
 )
-from utils.lessons.peft_task import collate, held_out_loss, make_optimizer, review_batches, train
+from utils.lessons.peft_task import (
+    collate,
+    count_at_real_scale,
+    held_out_loss,
+    make_optimizer,
+    review_batches,
+    save_and_reload,
+    train,
+)
 from utils.real_models import real_config
 from utils.smoke import fixture_path, tiny_checkpoint
 

@@ -1,7 +1,8 @@
 """Chapter 01's plumbing, the same for every PEFT method: the `Recipe` a recipe returns and its checks; the reviews,
-read and checked; the base model; saving and reloading an adapter; counts at real scale. The batching, the loop and
-the measures are taught in 01_peft_overview.ipynb (utils/lessons/peft_task.py); each method is written out in its
-notebook and registered in utils/ch01_methods.py (which imports this module, never the other way round)."""
+read and checked; the base model; saving an adapter (PiSSA's converted). The batching, the loop, the measures,
+reloading and counting at real scale are taught in 01_peft_overview.ipynb (utils/lessons/peft_task.py); each method
+is written out in its notebook and registered in utils/ch01_methods.py (which imports this module, never the other
+way round)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import random
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -182,12 +182,11 @@ def save_initial_adapter(model, model_id: str, folder: str | Path) -> Path:
     return Path(folder)
 
 
-def save_and_reload(model, model_id: str, folder: str | Path, probe: dict):
-    """Save the adapter in `folder`, load it onto a fresh `model_id` base, check both give the same logits on the
-    batch `probe`; returns the reloaded model and the adapter file's size in bytes. An adapter whose initialisation
-    rewrote the base weights (PiSSA) is saved as the plain LoRA adapter it equals on the untouched base (peft's
-    `path_initial_model_for_weight_conversion`, from the initial adapter rebuilt in `folder`/initial), so that it loads
-    onto a fresh base like every other adapter, with peft or without."""
+def save_adapter(model, model_id: str, folder: str | Path) -> Path:
+    """`model.save_pretrained(folder)`: the adapter alone, as safetensors, with its config; returns `folder`. An adapter
+    whose initialisation rewrote the base weights (PiSSA) is saved as the plain LoRA adapter it equals on the untouched
+    base (peft's `path_initial_model_for_weight_conversion`, from the initial adapter rebuilt in `folder`/initial), so
+    that it loads onto a fresh base like every other adapter, with peft or without."""
     folder = Path(folder)
     if rewrites_base(model.peft_config[model.active_adapter]):
         initial = save_initial_adapter(model, model_id, folder / "initial")
@@ -195,33 +194,8 @@ def save_and_reload(model, model_id: str, folder: str | Path, probe: dict):
             warnings.filterwarnings("ignore", message=re.escape(PISSA_WARNING))
             model.save_pretrained(folder, path_initial_model_for_weight_conversion=str(initial))
     else:
-        model.save_pretrained(folder)  # the adapter only, as safetensors, with its config
-    if not (weights := folder / "adapter_model.safetensors").is_file():
-        raise CourseError(f"save_pretrained wrote no {weights.name} in {folder}: {sorted(p.name for p in folder.iterdir())}")
-    reloaded = peft.PeftModel.from_pretrained(load_base(model_id, model.device), folder).eval()
-    model.eval()
-    probe = {k: v.to(model.device) for k, v in probe.items() if k != "labels"}
-    with torch.no_grad():
-        before, after = model(**probe).logits, reloaded(**probe).logits
-    if before.shape != after.shape or not torch.allclose(before, after, atol=1e-5, rtol=1e-4):
-        diff = (before - after).abs().max().item() if before.shape == after.shape else "shape"
-        raise CourseError(f"the adapter reloaded from {folder} gives other logits than the trained model "
-                          f"(largest difference {diff})")
-    return reloaded, weights.stat().st_size
-
-
-def count_at_real_scale(new_config: Callable[[], object], model_ids: Iterable[str] = REAL_MODELS) -> list[dict]:
-    """Trainable and total parameters of each real model wrapped with a fresh `new_config()`, on the meta device. An
-    initialisation computed from the weights (PiSSA's SVD) cannot run on shapes alone and changes no count: such a
-    config is counted with LoRA's default initialisation."""
-    rows = []
-    for model_id in model_ids:
-        config = new_config()
-        if isinstance(getattr(config, "init_lora_weights", None), str):
-            config.init_lora_weights = True
-        model = peft.get_peft_model(meta_model(model_id), config)
-        trainable = sum(p.numel() for p in trainable_parameters(model))
-        total = sum(p.numel() for p in model.parameters())
-        rows.append({"model": model_id, "trainable params": trainable, "all params": total,
-                     "trainable share": f"{trainable / total:.4%}"})
-    return rows
+        model.save_pretrained(folder)
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise CourseError(f"save_pretrained wrote no adapter_model.safetensors in {folder}: "
+                          f"{sorted(p.name for p in folder.iterdir())}")
+    return folder

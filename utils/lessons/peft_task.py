@@ -3,17 +3,20 @@
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
+import peft
 import torch
 import torch.nn.functional as F
+from peft import PeftModel
 from peft.optimizers import create_loraplus_optimizer
 from tqdm.auto import tqdm
 from transformers import DataCollatorForSeq2Seq
 
-from utils.ch01_peft import LABELS, trainable_parameters
+from utils.ch01_peft import LABELS, REAL_MODELS, load_base, save_adapter, trainable_parameters
 from utils.checks import check_int, check_number
 from utils.errors import CourseError
+from utils.real_models import meta_model
 
 
 def collate(pairs: list[tuple[str, str]], tokenizer) -> dict:
@@ -108,3 +111,34 @@ def label_accuracy(model, tokenizer, pairs: list[tuple[str, str]]) -> float:
         scores = model(**tokenizer(prompt, return_tensors="pt").to(model.device)).logits[0, -1, label_ids]
         correct += LABELS[int(scores.argmax())] == completion.strip()
     return correct / len(pairs)
+
+
+def save_and_reload(model, model_id: str, folder, probe: dict):
+    """Save the adapter in `folder`, load it onto a fresh `model_id` base, check that both give the same logits on the
+    batch `probe`; returns the reloaded model and the adapter file's size in bytes."""
+    weights = save_adapter(model, model_id, folder) / "adapter_model.safetensors"
+    reloaded = PeftModel.from_pretrained(load_base(model_id, model.device), folder).eval()
+    model.eval()
+    probe = {k: v.to(model.device) for k, v in probe.items() if k != "labels"}
+    with torch.no_grad():
+        before, after = model(**probe).logits, reloaded(**probe).logits
+    if before.shape != after.shape or not torch.allclose(before, after, atol=1e-5, rtol=1e-4):
+        diff = (before - after).abs().max().item() if before.shape == after.shape else "shape"
+        raise CourseError(f"the adapter reloaded from {folder} gives other logits than the trained model "
+                          f"(largest difference {diff})")
+    return reloaded, weights.stat().st_size
+
+
+def count_at_real_scale(new_config: Callable[[], object], model_ids: Iterable[str] = REAL_MODELS) -> list[dict]:
+    """Trainable and total parameters of each real model wrapped with a fresh `new_config()`, on the meta device."""
+    rows = []
+    for model_id in model_ids:
+        config = new_config()
+        if isinstance(getattr(config, "init_lora_weights", None), str):  # PiSSA's SVD needs the weights
+            config.init_lora_weights = True
+        model = peft.get_peft_model(meta_model(model_id), config)
+        trainable = sum(p.numel() for p in trainable_parameters(model))
+        total = sum(p.numel() for p in model.parameters())
+        rows.append({"model": model_id, "trainable params": trainable, "all params": total,
+                     "trainable share": f"{trainable / total:.4%}"})
+    return rows
