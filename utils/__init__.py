@@ -10,7 +10,7 @@
 - real_models: the real models' published configs, for real-scale counts on the meta device
 - resume: checkpoints that resume a hand-written training loop exactly
 - generation: text from a Hugging Face model, where generating is a tool, not the lesson
-- ch01_peft, ch01_methods: chapter 01's reviews, checks, saving and counts, and its registry of methods
+- ch01_peft, ch01_methods: chapter 01's reviews, recipe checks, base model and adapter saving; its methods' registry
 - ch02_squad: chapter 02's SQuAD file, record and argument checks
 - ch03_qlora: chapter 03's prompt data, 4-bit checks, and trl and bitsandbytes workarounds
 - ch04_gpt2: chapter 04's checkpoints, tokenizer, instruction data, and the LLM judge's checks and errors
