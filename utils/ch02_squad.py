@@ -167,7 +167,7 @@ def check_records_args(records, tokenizer, max_length, with_answer) -> None:
     one), the sizes."""
     if not isinstance(records, list | tuple):
         raise bad_argument("records", records, "a list of SQuAD records (dicts), not one record or a file name",
-                        "load them with load_squad")
+                           "load them with load_squad")
     check_max_length(tokenizer, max_length)
     check_flag("with_answer", with_answer)
 
@@ -176,12 +176,12 @@ def check_collate_args(batch, pad_token_id) -> None:
     """collate_squad_batch's arguments: a non-empty list of encoded examples, and a pad token id."""
     if isinstance(batch, str | dict) or not isinstance(batch, list | tuple) or not batch:
         raise bad_argument("batch", batch, "a non-empty list of encoded examples (encode_example's dicts)",
-                        "an empty batch has no longest example to pad to: check the batch size and the data")
+                           "an empty batch has no longest example to pad to: check the batch size and the data")
     for i, example in enumerate(batch):
         if not isinstance(example, dict) or not all(
                 isinstance(example.get(key), list | tuple) for key in ("input_ids", "labels")):
             raise bad_argument(f"batch[{i}]", example, "an encoded example with lists 'input_ids' and 'labels'",
-                            "encode the records with encode_example or encode_records first")
+                               "encode the records with encode_example or encode_records first")
     check_pad_token_id(pad_token_id)
 
 
@@ -191,7 +191,7 @@ def check_train_args(batches, grad_accum, pad_token_id, amp_dtype) -> None:
 
     if isinstance(batches, str | dict) or not isinstance(batches, list | tuple) or not batches:
         raise bad_argument("batches", batches, "a non-empty list of batches (each a list of encoded examples)",
-                        "an epoch with no batches trains nothing: check the data and the batch size")
+                           "an epoch with no batches trains nothing: check the data and the batch size")
     for i, batch in enumerate(batches):
         if isinstance(batch, str | dict) or not isinstance(batch, list | tuple) or not batch:
             raise bad_argument(f"batches[{i}]", batch, "a non-empty list of encoded examples")
