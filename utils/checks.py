@@ -1,7 +1,8 @@
 """Checks of what a learner hands the course, each failing at once with a message that says what to do: arguments
 (`check_int`, `check_number`, `check_fraction`, `check_choice`, `check_names`, `check_flag`, `check_folder`, and
-`bad_argument` for the rest: a CourseArgumentError naming the function and the argument) and files (`read_text`, `read_json`, `read_records`, `check_field`, `load_safetensors`,
-`check_tensors`: a CourseError naming the file, the line or record, and the field)."""
+`bad_argument` for the rest: a CourseArgumentError naming the function and the argument) and files (`read_text`,
+`read_json`, `read_records`, `check_field`, `load_safetensors`, `check_tensors`: a CourseError naming the file, the
+line or record, and the field)."""
 
 from __future__ import annotations
 
