@@ -28,7 +28,7 @@ from pathlib import Path
 from utils.checks import check_target_modules
 from utils.errors import CourseError
 from utils.hub import hub_errors
-from utils.machine import pick_dtype
+from utils.lessons.environment import pick_dtype
 
 
 def _positive(kind):

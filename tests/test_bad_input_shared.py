@@ -19,6 +19,7 @@ from tools.nbexport import load
 from utils import colab, machine
 from utils.checks import check_folder, check_int, check_number
 from utils.errors import CourseArgumentError, CourseError
+from utils.lessons import environment
 from utils.lessons.gpt import GPTModel, train_model
 from utils.paths import ROOT, cache_dir
 from utils.resume import check_loop_args, save_checkpoint
@@ -205,7 +206,7 @@ def test_a_short_loopback_address_writes_a_local_config(tmp_path):
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "cpu0", "CUDA", "", "cuda:-1", "cuda 0", 0, True, 1.5])
 def test_a_device_name_torch_cannot_parse_is_named_with_the_valid_forms(device):
-    for call in (machine.as_device, machine.pick_dtype, machine.check_released):
+    for call in (machine.as_device, environment.pick_dtype, machine.check_released):
         with pytest.raises(CourseArgumentError, match=r'is not a device name torch can parse: use "cpu", "cuda"'):
             call(device)
     with pytest.raises(CourseArgumentError, match="is not a device name"), machine.peak_memory(device):
@@ -215,7 +216,7 @@ def test_a_device_name_torch_cannot_parse_is_named_with_the_valid_forms(device):
 @pytest.mark.parametrize("device", ["cpu", "cpu:0", " cpu ", "meta", torch.device("cpu"), None])
 def test_valid_device_names_pass(device):
     assert machine.as_device(device).type in {"cpu", "meta", "cuda"}
-    assert machine.pick_dtype("cpu") == torch.float32
+    assert environment.pick_dtype("cpu") == torch.float32
 
 
 # --- the Colab helper given a requirements file that is not there -----------------------------------------------------

@@ -113,7 +113,7 @@ def test_setup_cell_clones_installs_what_is_missing_and_a_second_run_changes_not
     remote = _remote(tmp_path, _with_extra_pin("course-standin-package==1.0"))  # a package this runtime lacks
     content = tmp_path / "content" / "peft-course"
     setup = _colab_cell(f"file://{remote}", content)
-    imports = "import peft, trl, transformers\nfrom utils.machine import print_environment\nimport utils\nprint(utils.__file__)"
+    imports = "import peft, trl, transformers\nfrom utils.lessons.environment import print_environment\nimport utils\nprint(utils.__file__)"
     (first, again, used), pip_calls = _run_on_colab(tmp_path, monkeypatch, [setup, setup, imports])
     assert "Installing course-standin-package==1.0 (Colab's own torch" in first
     assert "Installed: course-standin-package (new) -> 1.0" in first

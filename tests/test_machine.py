@@ -11,6 +11,7 @@ import torch
 
 from tools import nbexport
 from utils import machine
+from utils.lessons import environment
 
 ENVIRONMENT_CHECK = "01-peft-setup/00_environment_check.ipynb"
 
@@ -21,7 +22,7 @@ ENVIRONMENT_CHECK = "01-peft-setup/00_environment_check.ipynb"
      ("cuda", (8, 0), torch.bfloat16), ("cuda", (9, 0), torch.bfloat16)],
 )
 def test_dtype_follows_the_device(device: str, capability, expected) -> None:
-    assert machine.pick_dtype(device, capability=capability) is expected
+    assert environment.pick_dtype(device, capability=capability) is expected
 
 
 @pytest.mark.parametrize("cuda", [False, True], ids=["no GPU", "a GPU"])
@@ -47,28 +48,28 @@ def test_pins_follow_included_files(tmp_path) -> None:
 
 
 def test_colab_is_checked_against_the_colab_set(monkeypatch) -> None:
-    assert machine.requirements_file().name == "requirements.txt"
-    assert {"transformers", "pandas", "ipykernel"} <= machine.pinned_versions().keys()
+    assert environment.requirements_file().name == "requirements.txt"
+    assert {"transformers", "pandas", "ipykernel"} <= machine.pinned_versions(environment.requirements_file()).keys()
     monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-    assert machine.requirements_file().name == "requirements-colab.txt"
-    pins = machine.pinned_versions()
+    assert environment.requirements_file().name == "requirements-colab.txt"
+    pins = machine.pinned_versions(environment.requirements_file())
     assert {"transformers", "peft", "trl", "bitsandbytes"} <= pins.keys()
     assert not {"pandas", "ipykernel", "torch", "matplotlib"} & pins.keys()  # Colab's own
 
 
 def test_the_installed_stack_matches_the_pins() -> None:
-    assert machine.version_mismatches(machine.pinned_versions()) == {}
+    assert machine.version_mismatches(machine.pinned_versions(environment.requirements_file())) == {}
 
 
 def test_environment_summary_names_what_a_learner_needs() -> None:
-    summary = machine.environment_summary()
+    summary = environment.environment_summary()
     for key in ("python", "torch", "cuda", "gpu", "compute capability", "gpu memory (GiB)", "bitsandbytes backend",
                 "compute dtype", "version mismatches"):
         assert key in summary
     assert summary["compute dtype"] == ("float32" if not torch.cuda.is_available() else summary["compute dtype"])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no mismatch here, so no warning
-        machine.print_environment()
+        environment.print_environment()
 
 
 T4 = {"gpu": "Tesla T4", "compute dtype": "float16", "gpu memory (GiB)": 14.7, "bitsandbytes backend": "cuda",

@@ -1,15 +1,13 @@
-"""The machine a notebook runs on: device and dtype, an environment summary, pins, peak memory, and a check that a
-model's memory was released (00_environment_check.ipynb turns the summary into advice)."""
+"""The machine a notebook runs on: the device, the installed packages against their pins, peak memory, and a check
+that a model's memory was released (00_environment_check.ipynb writes out the environment summary and the dtype rule,
+utils/lessons/environment.py)."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
-import platform
 import re
-import sys
 import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +17,6 @@ from packaging.utils import canonicalize_name
 
 from utils.checks import read_text
 from utils.errors import CourseArgumentError, CourseError
-from utils.paths import ROOT
 
 
 def pick_device():
@@ -45,25 +42,9 @@ def as_device(device=None):
     return torch.device(device.strip())
 
 
-def pick_dtype(device=None, capability: tuple[int, int] | None = None):
-    """bf16 at compute capability >= 8.0, fp16 below (a T4 is 7.5), fp32 on a CPU; `capability` overrides CUDA's."""
-    import torch
-
-    device = as_device(device)
-    if device.type != "cuda":
-        return torch.float32
-    major, minor = capability if capability is not None else torch.cuda.get_device_capability(device)
-    return torch.bfloat16 if (major, minor) >= (8, 0) else torch.float16
-
-
-def requirements_file() -> Path:
-    """The requirements this runtime was set up from: the ML stack alone on Colab, the whole tested stack elsewhere."""
-    return ROOT / ("requirements-colab.txt" if "google.colab" in sys.modules else "requirements.txt")
-
-
-def pinned_versions(requirements: str | os.PathLike | None = None) -> dict[str, str]:
+def pinned_versions(requirements: str | os.PathLike) -> dict[str, str]:
     """{normalised name: version} of a requirements file's `name==version` pins, its `-r` includes' too."""
-    path = Path(requirements) if requirements is not None else requirements_file()
+    path = Path(requirements)
     pins: dict[str, str] = {}
     for line in read_text(path).splitlines():  # a missing file: a CourseError naming it
         if include := re.match(r"^\s*-r\s+(\S+)", line):
@@ -87,50 +68,6 @@ def version_mismatches(pins: dict[str, str]) -> dict[str, tuple[str | None, str]
     """{name: (installed version or None, pinned version)} of the packages that differ from their pin."""
     installed = installed_versions()
     return {name: (installed.get(name), pinned) for name, pinned in pins.items() if installed.get(name) != pinned}
-
-
-def environment_summary() -> dict[str, object]:
-    """Python, torch, CUDA, the GPU (name, capability, memory), bitsandbytes' backend, installed-vs-pinned versions."""
-    import torch
-
-    try:
-        import bitsandbytes  # noqa: F401
-
-        backend = "cuda" if torch.cuda.is_available() else "cpu"
-    except Exception as exc:  # an import error here is the answer, not a crash
-        backend = f"unavailable ({type(exc).__name__}: {exc})"
-    props = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(terse=True),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda if props else None,
-        "gpu": props.name if props else None,
-        "compute capability": f"{props.major}.{props.minor}" if props else None,
-        "gpu memory (GiB)": round(props.total_memory / 2**30, 1) if props else None,
-        "cpu threads": torch.get_num_threads(),
-        "bitsandbytes backend": backend,
-        "compute dtype": str(pick_dtype()).removeprefix("torch."),
-        "smoke mode": os.environ.get("COURSE_SMOKE", "0") == "1",
-        "colab": "google.colab" in sys.modules,
-        "version mismatches": {name: f"installed {got}, pinned {want}"
-                               for name, (got, want) in version_mismatches(pinned_versions()).items()},
-    }
-
-
-def print_environment() -> dict[str, object]:
-    """Print the environment summary (a warning for each package that differs from its pin) and return it."""
-    summary = environment_summary()
-    width = max(map(len, summary))
-    for key, value in summary.items():
-        if key != "version mismatches":
-            print(f"{key:<{width}}  {value}")
-    for name, what in summary["version mismatches"].items():
-        warnings.warn(f"{name}: {what}; the course is tested with the pinned stack "
-                      f"(pip install -r {requirements_file().name})", stacklevel=2)
-    if not summary["version mismatches"]:
-        print(f"{'versions':<{width}}  all pinned packages match {requirements_file().name}")
-    return summary
 
 
 @dataclass
