@@ -4,7 +4,6 @@ going online once); `download` fetches a file once into the course's cache."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,8 +47,8 @@ def hub_errors(name, kind: str = "model") -> Iterator[None]:
                           "path or the id") from exc
 
 
-def download(url: str, filename: str, *, sha256: str | None = None, timeout_s: float = 60.0) -> Path:
-    """The cached copy of `url` (as `filename`), downloaded once; CourseError for a failed download or a bad sha256."""
+def download(url: str, filename: str, *, timeout_s: float = 60.0) -> Path:
+    """The cached copy of `url` (as `filename`), downloaded once; CourseError for a failed download."""
     import requests
 
     path = check_folder("the downloads folder", cache_dir() / "downloads") / filename
@@ -67,8 +66,4 @@ def download(url: str, filename: str, *, sha256: str | None = None, timeout_s: f
         tmp = path.with_suffix(path.suffix + ".part")
         tmp.write_bytes(response.content)
         tmp.rename(path)  # only a complete download gets the real name
-    if sha256 is not None:
-        got = hashlib.sha256(path.read_bytes()).hexdigest()
-        if got != sha256:
-            raise CourseError(f"{path} has sha256 {got}, expected {sha256}: delete it and run again to re-download")
     return path
