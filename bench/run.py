@@ -300,14 +300,16 @@ def bench_lora(quick: bool, plan: Plan, batch: int = 1, seq: int = 128, rank: in
 
 def instruction_lengths(quick: bool) -> tuple[list[int], str]:
     """Token counts of chapter 04's padded sequences (prompt + response + the <|endoftext|> the collate appends)."""
-    from utils.ch04_gpt2 import Tokenizer, load_instruction_data
+    from transformers import AutoTokenizer
+
+    from utils.ch04_gpt2 import load_instruction_data
     from utils.lessons.instruction_data import InstructionDataset
     from utils.smoke import fixture_path, tiny_checkpoint
 
     real = Path("/work/shared/data/instruction-data.json")
     path = real if real.is_file() and not quick else fixture_path("instructions")
     data = load_instruction_data(path)
-    dataset = InstructionDataset(data, Tokenizer(tiny_checkpoint("gpt2")))
+    dataset = InstructionDataset(data, AutoTokenizer.from_pretrained(tiny_checkpoint("gpt2")))
     label = "instruction-data.json (the full-mode data)" if path == real else "the fixture"
     return [min(len(tokens) + 1, 1024) for tokens in dataset.encoded_texts], f"{label}, {len(data)} records"
 

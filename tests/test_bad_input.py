@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tools.nbexport import load
 from utils.ch03_qlora import load_prompt_dataset
-from utils.ch04_gpt2 import Tokenizer, load_instruction_data
+from utils.ch04_gpt2 import load_instruction_data
 from utils.checks import read_text
 from utils.errors import CourseArgumentError, CourseError
 from utils.hub import hub_errors, hub_failure
@@ -432,7 +432,6 @@ def test_a_bad_argument_is_named_before_any_work(call, message):
 # --- full mode without the Hub: the README's message, naming the id and the way out ---------------------------
 
 OFFLINE = [
-    ("tokenizer", lambda: Tokenizer("openai-community/gpt2"), "openai-community/gpt2"),
     ("GPT-2 weights", lambda: load_gpt2("openai-community/gpt2-medium"), "openai-community/gpt2-medium"),
     ("SQuAD from the Hub", lambda: load_squad("rajpurkar/squad_v2", "train"), "rajpurkar/squad_v2"),
     ("prompts from the Hub", lambda: load_prompt_dataset("fka/awesome-chatgpt-prompts"), "fka/awesome-chatgpt-prompts"),
@@ -446,10 +445,19 @@ def _from_pretrained(model_id):
         AutoModelForCausalLM.from_pretrained(model_id)
 
 
+def _hub_tokenizer(tokenizer_id):
+    from transformers import AutoTokenizer
+
+    with hub_errors(tokenizer_id, kind="tokenizer"):
+        AutoTokenizer.from_pretrained(tokenizer_id)
+
+
 @pytest.mark.parametrize(("call", "model_id"), [(c, i) for _, c, i in OFFLINE] + [
     (functools.partial(_from_pretrained, "bigscience/bloom-7b1"), "bigscience/bloom-7b1"),
     (functools.partial(_from_pretrained, "EleutherAI/gpt-j-6b"), "EleutherAI/gpt-j-6b"),
-], ids=[i for i, *_ in OFFLINE] + ["a notebook's from_pretrained (bloom-7b1)", "a notebook's from_pretrained (GPT-J)"])
+    (functools.partial(_hub_tokenizer, "openai-community/gpt2"), "openai-community/gpt2"),
+], ids=[i for i, *_ in OFFLINE] + ["a notebook's from_pretrained (bloom-7b1)", "a notebook's from_pretrained (GPT-J)",
+                                   "a notebook's tokenizer (GPT-2)"])
 def test_full_mode_offline_names_the_model_and_the_way_out(call, model_id):
     with pytest.raises(CourseError) as info:
         call()

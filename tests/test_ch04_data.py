@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from transformers import AutoTokenizer
 
-from utils.ch04_gpt2 import Tokenizer, load_instruction_data, validate_instruction_data
+from utils.ch04_gpt2 import load_instruction_data, validate_instruction_data
 from utils.errors import CourseError
 from utils.lessons.instruction_data import (
     ALPACA_TEMPLATE,
@@ -102,7 +103,7 @@ def test_collate_masks_the_instruction():
 
 
 def test_dataset_tokenizes_prompt_and_response_and_masks_on_request():
-    tok = Tokenizer(tiny_checkpoint("gpt2"))
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint("gpt2"))
     entry = {"instruction": "Rewrite the sentence.", "input": "The cat sat.", "output": "The cat was sitting."}
     plain = InstructionDataset([entry], tok)
     full_text = format_input(entry) + ALPACA_TEMPLATE["response"] + "The cat was sitting."
@@ -113,17 +114,17 @@ def test_dataset_tokenizes_prompt_and_response_and_masks_on_request():
 
 
 def test_tiny_loader_shapes_and_pad_id():
-    tok = Tokenizer(tiny_checkpoint("gpt2"))
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint("gpt2"))
     data = load_instruction_data(fixture_path("instructions"))
     train, _, _ = split_data(data)
     torch.manual_seed(123)
     loader = DataLoader(InstructionDataset(train, tok), batch_size=8, shuffle=True, drop_last=True,
-                        collate_fn=partial(custom_collate_fn, pad_token_id=tok.eos_id))
+                        collate_fn=partial(custom_collate_fn, pad_token_id=tok.eos_token_id))
     batches = list(loader)
     assert len(batches) == 51 // 8
     for inputs, targets in batches:
         assert inputs.shape == targets.shape and inputs.shape[0] == 8
-        assert (targets[:, :-1][inputs[:, 1:] != tok.eos_id] == inputs[:, 1:][inputs[:, 1:] != tok.eos_id]).all()
+        assert (targets[:, :-1][inputs[:, 1:] != tok.eos_token_id] == inputs[:, 1:][inputs[:, 1:] != tok.eos_token_id]).all()
 
 
 def _offline_gpt2_tokenizer():
@@ -131,7 +132,7 @@ def _offline_gpt2_tokenizer():
     from tools.real_width import gpt2_tokenizer
 
     try:
-        return Tokenizer(gpt2_tokenizer())
+        return AutoTokenizer.from_pretrained(gpt2_tokenizer())
     except CourseError as exc:
         if os.environ.get("CI"):  # CI runs `make gpt2-bpe` first: a missing tokenizer there is a failure
             raise
@@ -147,7 +148,7 @@ SOURCE_SHAPES = [61, 76, 73, 68, 65, 72, 80, 67, 62, 75, 62, 68, 67, 77, 69, 79,
 def test_real_batch_shapes_match_the_source():
     tok = _offline_gpt2_tokenizer()
     train, _, _ = split_data(load_instruction_data(REAL_DATA))
-    assert tok.eos_id == 50256
+    assert tok.eos_token_id == 50256
     torch.manual_seed(123)
     loader = DataLoader(InstructionDataset(train, tok), batch_size=8, shuffle=True, drop_last=True,
                         collate_fn=partial(custom_collate_fn, allowed_max_length=1024))

@@ -8,9 +8,9 @@ from functools import partial
 import pytest
 import torch
 from torch.utils.data import DataLoader
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from utils.ch04_gpt2 import Tokenizer, config_from_hf
+from utils.ch04_gpt2 import config_from_hf
 from utils.errors import CourseError
 from utils.lessons.gpt import (
     GPT_CONFIG_124M,
@@ -109,9 +109,9 @@ def test_generate_greedy_stops_at_eos_and_crops_context():
 
 
 def test_token_ids_roundtrip_with_the_tiny_tokenizer():
-    tok = Tokenizer(tiny_checkpoint("gpt2"))
+    tok = AutoTokenizer.from_pretrained(tiny_checkpoint("gpt2"))
     ids = text_to_token_ids("Rewrite the sentence.<|endoftext|>", tok)
-    assert ids.shape[0] == 1 and ids[0, -1].item() == tok.eos_id
+    assert ids.shape[0] == 1 and ids[0, -1].item() == tok.eos_token_id
     assert token_ids_to_text(ids, tok) == "Rewrite the sentence.<|endoftext|>"
 
 
@@ -131,10 +131,10 @@ def test_loss_ignores_minus_100_targets():
 def _setup_run(seed=0):
     torch.manual_seed(seed)
     path = tiny_checkpoint("gpt2")
-    tok = Tokenizer(path)
+    tok = AutoTokenizer.from_pretrained(path)
     model, cfg = load_gpt2(path, drop_rate=0.1)  # dropout on: resume must restore the random state too
     data = json.loads(fixture_path("instructions").read_text())
-    collate = partial(custom_collate_fn, pad_token_id=tok.eos_id, allowed_max_length=64)
+    collate = partial(custom_collate_fn, pad_token_id=tok.eos_token_id, allowed_max_length=64)
     train = DataLoader(InstructionDataset(data[:20], tok), batch_size=4, shuffle=True, drop_last=True,
                        collate_fn=collate)
     val = DataLoader(InstructionDataset(data[20:28], tok), batch_size=4, collate_fn=collate)

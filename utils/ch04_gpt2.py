@@ -1,5 +1,5 @@
-"""Chapter 04's plumbing around the GPT-2 its notebook writes out (utils/lessons/gpt.py): the Hub's checkpoints and
-tokenizer, the instruction data files, and the checks and errors of the LLM judge its evaluation asks (the scores
+"""Chapter 04's plumbing around the GPT-2 its notebook writes out (utils/lessons/gpt.py): the Hub's checkpoints, the
+instruction data files, and the checks and errors of the LLM judge its evaluation asks (the scores
 themselves are the notebook's own code)."""
 
 from __future__ import annotations
@@ -84,26 +84,6 @@ def resolve_checkpoint(model_id_or_path: str | os.PathLike) -> Path:
         # the model's config and safetensors weights only (the Hub repos also hold TF, Flax, ONNX and pickle files)
         return Path(snapshot_download(str(model_id_or_path),
                                       allow_patterns=["config.json", "model*.safetensors", "model.safetensors.index.json"]))
-
-
-class Tokenizer:
-    """GPT-2's BPE (full mode) or the tiny checkpoint's (smoke mode) as `encode`, `decode` and `eos_id`."""
-
-    def __init__(self, name_or_path: str | os.PathLike):
-        from transformers import AutoTokenizer
-
-        with hub_errors(name_or_path, kind="tokenizer"):
-            self.hf = AutoTokenizer.from_pretrained(str(name_or_path))
-        if self.hf.eos_token_id is None:
-            raise CourseError(f"the tokenizer of {name_or_path!r} has no end-of-text token")
-        self.eos_id = self.hf.eos_token_id  # also the padding id: GPT-2 has no pad token
-        self.vocab_size = len(self.hf)
-
-    def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False)
-
-    def decode(self, ids) -> str:
-        return self.hf.decode(list(ids))
 
 
 #: The data sets the chapter can train on (same schema: a JSON list of {instruction, input, output}).
