@@ -1,6 +1,6 @@
 """Chapter 04's plumbing around the GPT-2 its notebook writes out (utils/lessons/gpt.py): the Hub's checkpoints, the
-instruction data files, and the checks and errors of the LLM judge its evaluation asks (the scores
-themselves are the notebook's own code)."""
+instruction data files, and the checks and errors of the LLM judge its evaluation asks (the scores themselves are the
+notebook's own code)."""
 
 from __future__ import annotations
 

@@ -81,8 +81,8 @@ def check_flag(name: str, value, hint: str = "") -> bool:
     """`value` if it is True or False: the string "False" (from a config file or a command line) is refused, not
     taken as true."""
     if not isinstance(value, bool):
-        raise bad_argument(name, value, "True or False", hint or ("write the bool itself, not a string" if isinstance(value, str)
-                                                           else ""))
+        fix = "write the bool itself, not a string" if isinstance(value, str) else ""
+        raise bad_argument(name, value, "True or False", hint or fix)
     return value
 
 
@@ -94,8 +94,8 @@ def check_folder(name: str, value, *, exists: bool = False, hint: str = "") -> P
     path = Path(value)
     there = next((p for p in (path, *path.parents) if p.exists()), path)  # it, or the part of it that exists
     if there.exists() and not there.is_dir():
-        raise bad_argument(name, value, "a folder, not an existing file" if there == path else f"a folder path, but {there} "
-                   "is a file", hint or "pass a folder path, or move the file away")
+        expected = "a folder, not an existing file" if there == path else f"a folder path, but {there} is a file"
+        raise bad_argument(name, value, expected, hint or "pass a folder path, or move the file away")
     if exists and not path.is_dir():
         raise bad_argument(name, value, "an existing folder", hint or f"create it first (mkdir -p {path})")
     return path

@@ -31,6 +31,7 @@ REAL_CONFIGS: dict[str, tuple[str, dict[str, object]]] = {
     },
 }
 
+
 def real_config(model_id: str):
     """The transformers config of a real model, built from its published values (no network)."""
     import transformers
